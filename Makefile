@@ -1,0 +1,41 @@
+# vublk — the two commands a new user needs are `make run` and `make test`.
+SHELL := /bin/bash
+NPM ?= npm
+
+.PHONY: setup deps build run test test-unit test-integration test-guest guest clean
+
+## Install system packages (qemu, fio, busybox) and npm packages, then build the addon and TypeScript.
+setup: deps build
+
+deps:
+	scripts/install-deps.sh
+
+node_modules/.package-lock.json: package.json package-lock.json
+	$(NPM) ci --no-audit --no-fund
+	@touch $@
+
+build: node_modules/.package-lock.json
+	$(NPM) run build
+
+## Serve the default 1 GiB sparse image on ./vublk.sock and print the QEMU command line.
+run: setup
+	bin/vublk serve
+
+## Build the test guest (cached outside the repo) and run every test: unit, integration, guest.
+test: setup guest
+	$(NPM) test
+
+test-unit: build
+	$(NPM) run test:unit
+
+test-integration: build
+	$(NPM) run test:integration
+
+test-guest: build guest
+	$(NPM) run test:guest
+
+guest:
+	scripts/build-guest.sh
+
+clean:
+	rm -rf dist native/build

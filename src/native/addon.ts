@@ -1,0 +1,90 @@
+// Typed view of the project's N-API addon (native/vublk.c).
+// The addon does only what Node cannot: fd passing, mmap, eventfd, readiness
+// watchers on the calling thread's loop, memfd, and a thread-pool I/O engine
+// that reads and writes guest memory in place. Policy stays in TypeScript.
+import * as path from 'node:path';
+
+/** Readiness bits for watch(); same values as libuv's UV_READABLE / UV_WRITABLE. */
+export const POLL_READABLE = 1;
+export const POLL_WRITABLE = 2;
+
+/** Operations of the I/O engine. */
+export const IO_READ = 0;
+export const IO_WRITE = 1;
+export const IO_FLUSH = 2; // fdatasync
+
+export interface Watcher {
+  /** Stop watching and release the handle; idempotent. Does not close the fd. */
+  stop(): void;
+}
+
+export interface IoEngineHandle { readonly __brand: 'IoEngineHandle' }
+
+export interface NativeAddon {
+  // --- Unix stream sockets -------------------------------------------------
+  /** Non-blocking, close-on-exec listening socket bound to `path`. */
+  unixListen(path: string, backlog: number): number;
+  /** Connected stream socket to `path`, switched to non-blocking after connect. */
+  unixConnect(path: string): number;
+  /** Accepted fd (non-blocking, close-on-exec), or -1 when nothing is pending. */
+  accept(listenFd: number): number;
+  /** Pair of connected non-blocking stream sockets (tests). */
+  socketpair(): [number, number];
+  /**
+   * recvmsg() up to `length` bytes into `buf` at `offset`; received fds (at most 32)
+   * are appended to `fds`. Returns bytes read, 0 on EOF, -1 on EAGAIN.
+   * On MSG_CTRUNC every received fd is closed and an Error with code 'ECTRUNC' is thrown.
+   */
+  recvmsg(fd: number, buf: Uint8Array, offset: number, length: number, fds: number[]): number;
+  /** sendmsg() of buf[offset, offset+length) with optional fds (at most 32). Returns bytes sent or -1 on EAGAIN. */
+  sendmsg(fd: number, buf: Uint8Array, offset: number, length: number, fds: number[] | null): number;
+  /** close(2); errors other than EBADF are ignored. */
+  close(fd: number): void;
+
+  // --- memory ----------------------------------------------------------------
+  /** mmap(MAP_SHARED) of fd; returns the host address as a Number. */
+  mmap(fd: number, length: number, offset: number, writable: boolean): number;
+  munmap(address: number, length: number): void;
+  /** External ArrayBuffer over [address, address+length) of an existing mapping; no copy, no finalizer. */
+  arrayBuffer(address: number, length: number): ArrayBuffer;
+  /** Detach an ArrayBuffer from arrayBuffer() so later access cannot touch unmapped memory. */
+  detach(buffer: ArrayBuffer): void;
+  /** memfd_create(name, MFD_CLOEXEC). */
+  memfdCreate(name: string): number;
+
+  // --- eventfd ---------------------------------------------------------------
+  /** eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK). */
+  eventfd(initval: number): number;
+  /** Read and reset the counter; 0 if it was zero (EAGAIN). */
+  eventfdRead(fd: number): number;
+  /** Add `value` to the counter (EAGAIN is ignored: the counter is already signalled). */
+  eventfdWrite(fd: number, value: number): void;
+
+  // --- readiness -------------------------------------------------------------
+  /** Call `callback(events)` on this thread's event loop whenever fd is ready; events < 0 is -errno. */
+  watch(fd: number, events: number, callback: (events: number) => void): Watcher;
+
+  // --- I/O engine (thread pool) ----------------------------------------------
+  /**
+   * An engine with `slots` request slots of up to `maxIov` iovecs each. Completions run on
+   * the creating thread's loop as `onComplete(slot, result)`: result is bytes transferred
+   * (reads stop early only at end of file) or -errno.
+   */
+  ioEngineCreate(slots: number, maxIov: number, onComplete: (slot: number, result: number) => void): IoEngineHandle;
+  /**
+   * Queue one request in `slot`. `iov` holds (hostAddress, length) pairs; `iovCount` pairs are used.
+   * IO_FLUSH ignores offset and iov. Throws if the slot is busy or arguments are out of range.
+   */
+  ioEngineSubmit(engine: IoEngineHandle, slot: number, op: number, fd: number, offset: number,
+                 iov: Float64Array, iovCount: number): void;
+  /** Requests still running in the pool. */
+  ioEngineInFlight(engine: IoEngineHandle): number;
+  /** Free the engine; only valid with nothing in flight. */
+  ioEngineDestroy(engine: IoEngineHandle): void;
+}
+
+// dist/src/native/addon.js -> repository root is three levels up.
+const addonPath = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'vublk_native.node');
+
+// eslint-disable-next-line @typescript-eslint/no-var-requires
+export const native: NativeAddon = require(addonPath) as NativeAddon;
