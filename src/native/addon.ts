@@ -9,9 +9,7 @@ export const POLL_READABLE = 1;
 export const POLL_WRITABLE = 2;
 
 /** Operations of the I/O engine. */
-export const IO_READ = 0;
-export const IO_WRITE = 1;
-export const IO_FLUSH = 2; // fdatasync
+export { IO_FLUSH, IO_READ, IO_WRITE } from './io-ops';
 
 export interface Watcher {
   /** Stop watching and release the handle; idempotent. Does not close the fd. */

@@ -1,0 +1,80 @@
+// vublk command line entry point.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { BlkExport } from '../daemon/blk-export';
+import { createSparseImage } from '../storage/image';
+import { log } from '../util/log';
+import { DEFAULT_IMAGE, SERVE_USAGE, ServeOptions, UsageError, parseServeArgs } from './serve-args';
+
+const USAGE = `usage: vublk serve [options] [IMAGE]   (vublk serve --help for options)`;
+const DEFAULT_IMAGE_SIZE = 1 << 30;
+
+function fail(message: string): never {
+  process.stderr.write(`vublk: ${message}\n`);
+  process.exit(2);
+}
+
+/** The QEMU options that attach a guest to this export. */
+export function qemuAttachLine(socketPath: string): string {
+  return [
+    'qemu-system-x86_64 -m 1G -smp 2',
+    '-object memory-backend-memfd,id=mem,size=1G,share=on -machine q35,memory-backend=mem',
+    `-chardev socket,id=vublk0,path=${path.resolve(socketPath)}`,
+    '-device vhost-user-blk-pci,chardev=vublk0',
+    '... (your kernel or boot disk options)',
+  ].join(' \\\n    ');
+}
+
+async function serve(o: ServeOptions): Promise<void> {
+  let imagePath = o.imagePath;
+  if (imagePath === undefined) {
+    imagePath = DEFAULT_IMAGE;
+    if (createSparseImage(imagePath, DEFAULT_IMAGE_SIZE)) log.info('created sparse 1 GiB default image', { image: imagePath });
+  } else if (!fs.existsSync(imagePath)) {
+    fail(`${imagePath}: no such image file`);
+  }
+  let exp: BlkExport;
+  try {
+    exp = new BlkExport({
+      id: 'vublk0', socketPath: o.socketPath, imagePath, readOnly: o.readOnly, numQueues: o.numQueues,
+      logicalBlockSize: o.logicalBlockSize, serial: o.serial, writeback: o.writeback,
+    });
+    exp.listen();
+  } catch (e) {
+    fail((e as Error).message);
+  }
+  process.stdout.write(`vublk: serving ${imagePath} on ${path.resolve(o.socketPath)}\nAttach a guest with:\n  ${qemuAttachLine(o.socketPath)}\n`);
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info('shutting down', { signal });
+    exp.close().then(() => process.exit(0), (e) => {
+      log.error('shutdown failed', { error: e as Error });
+      process.exit(1);
+    });
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+export function main(argv: string[]): void {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === '--help' || command === '-h') {
+    process.stdout.write(`${USAGE}\n`);
+    process.exit(command === undefined ? 2 : 0);
+  }
+  if (command !== 'serve') fail(`${command}: unknown command (${USAGE})`);
+  if (rest.includes('--help')) {
+    process.stdout.write(`${SERVE_USAGE}\n`);
+    process.exit(0);
+  }
+  let o: ServeOptions;
+  try {
+    o = parseServeArgs(rest);
+  } catch (e) {
+    if (e instanceof UsageError) fail(e.message);
+    throw e;
+  }
+  void serve(o);
+}

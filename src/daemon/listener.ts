@@ -1,0 +1,55 @@
+// The listening vhost-user socket: creation with a safe mode, replacement of a
+// stale socket left by a crashed run, and removal on close.
+import * as fs from 'node:fs';
+import { POLL_READABLE, Watcher, native } from '../native/addon';
+
+export interface ListenerOptions {
+  path: string;
+  /** Permission bits of the socket file (default 0600: only the owner may attach). */
+  mode?: number;
+}
+
+export class UnixListener {
+  private watcher: Watcher | undefined;
+  readonly fd: number;
+
+  constructor(private readonly o: ListenerOptions, onConnection: (fd: number) => void) {
+    this.fd = listenReplacingStale(o.path);
+    fs.chmodSync(o.path, o.mode ?? 0o600);
+    this.watcher = native.watch(this.fd, POLL_READABLE, () => {
+      for (let fd = native.accept(this.fd); fd >= 0; fd = native.accept(this.fd)) onConnection(fd);
+    });
+  }
+
+  close(): void {
+    if (this.watcher === undefined) return;
+    this.watcher.stop();
+    this.watcher = undefined;
+    native.close(this.fd);
+    try {
+      fs.unlinkSync(this.o.path);
+    } catch { /* already gone */ }
+  }
+}
+
+/** Listen on `path`; a socket file nobody listens on any more is replaced, a live one is an error. */
+function listenReplacingStale(path: string): number {
+  try {
+    return native.unixListen(path, 16);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e;
+  }
+  if (!fs.lstatSync(path).isSocket()) throw new Error(`${path} exists and is not a socket`);
+  let probe = -1;
+  try {
+    probe = native.unixConnect(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ECONNREFUSED') throw e;
+  }
+  if (probe >= 0) {
+    native.close(probe);
+    throw new Error(`${path} is in use by another server`);
+  }
+  fs.unlinkSync(path);
+  return native.unixListen(path, 16);
+}

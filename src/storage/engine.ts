@@ -1,0 +1,25 @@
+// The interface between request handling and whatever performs the I/O.
+// Requests are named by slot numbers chosen by the caller; completions come
+// back through one function per engine, so nothing is allocated per request.
+import { IO_FLUSH, IO_READ, IO_WRITE } from '../native/io-ops';
+
+export { IO_FLUSH, IO_READ, IO_WRITE };
+
+export type CompletionHandler = (slot: number, result: number) => void;
+
+export interface StorageEngine {
+  readonly name: string;
+  /** Most (address, length) pairs one request may carry. */
+  readonly maxIov: number;
+  /**
+   * Start one request. `iov` holds host (address, length) pairs into memory that
+   * stays mapped until completion. Result: bytes transferred or -errno.
+   */
+  submit(slot: number, op: number, fd: number, offset: number, iov: Float64Array, iovCount: number): void;
+  /** End of a batch: engines that queue submissions issue them now. */
+  flush(): void;
+  inFlight(): number;
+  close(): void;
+}
+
+export type EngineFactory = (slots: number, onComplete: CompletionHandler) => StorageEngine;

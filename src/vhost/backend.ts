@@ -1,0 +1,393 @@
+// The vhost-user back-end state machine for one front-end connection: feature
+// negotiation, memory table, vring setup, config space and status. It is
+// device-independent; the device model supplies features, config space and
+// per-queue request handlers, and a DataPlane runs the started rings.
+import {
+  FrontendRequest as R, Message, NEED_REPLY_FLAG, Payload, ProtocolError, ProtocolFeature, RawMessage,
+  REPLY_FLAG, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC, MemoryRegion, bit, decodeFrontendMessage, encodeMessage, frontendRequestName, hasBit,
+} from '../../protocol';
+import { DataPlane } from '../dataplane/dataplane';
+import { GuestMemory } from '../memory/guest-memory';
+import { MappedRegion, mapRegion, unmapRegion } from '../memory/mapping';
+import { native } from '../native/addon';
+import { Endpoint } from '../transport/endpoint';
+import { Logger } from '../util/log';
+import { MAX_QUEUE_SIZE } from '../virtq/split';
+import { VhostDeviceModel } from './device';
+import { VringState } from './vring';
+
+/** Memory slots offered with CONFIGURE_MEM_SLOTS (each is one mapping). */
+export const MAX_MEM_SLOTS = 32;
+
+/** Transport features this back-end implements for every device type. */
+export const TRANSPORT_FEATURES = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_INDIRECT_DESC) |
+  bit(VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+
+export const PROTOCOL_FEATURES = bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) |
+  bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) | bit(ProtocolFeature.RESET_DEVICE) |
+  bit(ProtocolFeature.STATUS);
+
+/** A request the back-end refuses; answered with a REPLY_ACK failure or by closing the connection. */
+export class RequestRefused extends Error {}
+
+function refuse(message: string): never {
+  throw new RequestRefused(message);
+}
+
+const NO_REPLY = undefined;
+
+export class VhostBackend {
+  private readonly mem = new GuestMemory();
+  private readonly mapped: MappedRegion[] = [];
+  private readonly vrings: VringState[];
+  private readonly dataPlane: DataPlane;
+  private features = 0n;
+  private protocolFeatures = 0n;
+  private status = 0;
+  private owned = false;
+  /** Control messages are handled strictly one after another, even the ones that wait (GET_VRING_BASE). */
+  private queue: Promise<void> = Promise.resolve();
+  private torndown = false;
+
+  constructor(private readonly endpoint: Endpoint, private readonly device: VhostDeviceModel,
+              private readonly log: Logger) {
+    this.vrings = Array.from({ length: device.maxQueues }, (_, i) => new VringState(i));
+    this.dataPlane = new DataPlane(this.mem, device.queueHandlers, log);
+  }
+
+  get offeredFeatures(): bigint { return this.device.deviceFeatures() | TRANSPORT_FEATURES; }
+
+  /** Entry point for each raw message from the endpoint. */
+  receive(raw: RawMessage): void {
+    const decoded = decodeFrontendMessage(raw);
+    if (decoded instanceof ProtocolError) {
+      for (const fd of decoded.fds) native.close(fd);
+      this.log.error('malformed message; closing connection', {
+        request: frontendRequestName(raw.request), kind: decoded.kind, reason: decoded.message,
+      });
+      this.endpoint.close('malformed message');
+      return;
+    }
+    this.queue = this.queue.then(() => this.dispatch(decoded));
+  }
+
+  private async dispatch(msg: Message): Promise<void> {
+    if (this.torndown || this.endpoint.closed) {
+      for (const fd of msg.fds) native.close(fd);
+      return;
+    }
+    const name = frontendRequestName(msg.request);
+    this.log.debug('request', { request: name });
+    let reply: Payload | undefined;
+    let failure: string | undefined;
+    try {
+      reply = await this.handle(msg);
+    } catch (e) {
+      if (!(e instanceof RequestRefused)) this.log.error('internal error handling request', { request: name, error: e as Error });
+      failure = (e as Error).message;
+    }
+    if (reply !== undefined) {
+      this.endpoint.send(encodeMessage(msg.request, REPLY_FLAG, reply));
+      return;
+    }
+    const ackWanted = (msg.flags & NEED_REPLY_FLAG) !== 0 && hasBit(this.protocolFeatures, ProtocolFeature.REPLY_ACK);
+    if (failure !== undefined) {
+      this.log.error('request refused', { request: name, reason: failure });
+      if (!ackWanted) {
+        // Without an ack channel the front-end cannot learn of the failure; a silent
+        // failure would leave the guest hanging, so hang up instead (the spec allows it).
+        this.endpoint.close(`${name} failed`);
+        return;
+      }
+    }
+    if (ackWanted) {
+      this.endpoint.send(encodeMessage(msg.request, REPLY_FLAG, { kind: 'u64', value: failure === undefined ? 0n : 1n }));
+    }
+  }
+
+  private vring(index: number): VringState {
+    if (!(index >= 0 && index < this.vrings.length)) refuse(`queue index ${index} out of range (${this.vrings.length} queues)`);
+    return this.vrings[index];
+  }
+
+  private u64(value: bigint | number): Payload {
+    return { kind: 'u64', value: BigInt(value) };
+  }
+
+  /** Handle one message; returns the reply payload for requests that have one. */
+  private async handle(msg: Message): Promise<Payload | undefined> {
+    const p = msg.payload;
+    switch (msg.request) {
+      case R.GET_FEATURES:
+        return this.u64(this.offeredFeatures);
+      case R.SET_FEATURES: {
+        const value = (p as { value: bigint }).value;
+        const unknown = value & ~this.offeredFeatures;
+        if (unknown !== 0n) refuse(`features 0x${unknown.toString(16)} were never offered`);
+        this.features = value;
+        // Without protocol features, rings are enabled as soon as they start (vhost-user spec, "Ring states").
+        return NO_REPLY;
+      }
+      case R.GET_PROTOCOL_FEATURES:
+        return this.u64(PROTOCOL_FEATURES);
+      case R.SET_PROTOCOL_FEATURES: {
+        const value = (p as { value: bigint }).value;
+        const unknown = value & ~PROTOCOL_FEATURES;
+        if (unknown !== 0n) refuse(`protocol features 0x${unknown.toString(16)} were never offered`);
+        this.protocolFeatures = value;
+        return NO_REPLY;
+      }
+      case R.SET_OWNER:
+        this.owned = true;
+        return NO_REPLY;
+      case R.RESET_OWNER:
+      case R.RESET_DEVICE:
+        await this.resetDevice();
+        return NO_REPLY;
+      case R.GET_QUEUE_NUM:
+        return this.u64(this.device.maxQueues);
+      case R.GET_MAX_MEM_SLOTS:
+        return this.u64(MAX_MEM_SLOTS);
+      case R.SET_MEM_TABLE:
+        this.setMemTable((p as { regions: MemoryRegion[] }).regions, msg.fds);
+        return NO_REPLY;
+      case R.ADD_MEM_REG:
+        this.addMemRegion((p as { region: MemoryRegion }).region, msg.fds);
+        return NO_REPLY;
+      case R.REM_MEM_REG:
+        for (const fd of msg.fds) native.close(fd);
+        this.removeMemRegion((p as { region: MemoryRegion }).region);
+        return NO_REPLY;
+      case R.SET_VRING_NUM: {
+        const { index, num } = p as { index: number; num: number };
+        const vr = this.vring(index);
+        if (!(num >= 1 && num <= MAX_QUEUE_SIZE && (num & (num - 1)) === 0)) refuse(`queue size ${num} is not a power of two in 1..${MAX_QUEUE_SIZE}`);
+        if (vr.started) refuse(`queue ${index} is running`);
+        vr.size = num;
+        return NO_REPLY;
+      }
+      case R.SET_VRING_ADDR:
+        this.setVringAddr(p as { index: number; descUserAddr: number; usedUserAddr: number; availUserAddr: number });
+        return NO_REPLY;
+      case R.SET_VRING_BASE: {
+        const { index, num } = p as { index: number; num: number };
+        const vr = this.vring(index);
+        if (vr.started) refuse(`queue ${index} is running`);
+        if (num > 0xffff) refuse(`base index ${num} does not fit a split ring`);
+        vr.base = num;
+        return NO_REPLY;
+      }
+      case R.GET_VRING_BASE: {
+        const { index } = p as { index: number };
+        const vr = this.vring(index);
+        const next = await this.stopRing(vr);
+        return { kind: 'vringState', index, num: next };
+      }
+      case R.SET_VRING_KICK:
+        this.setVringKick(p as { index: number; noFd: boolean }, msg.fds);
+        return NO_REPLY;
+      case R.SET_VRING_CALL: {
+        const { index, noFd } = p as { index: number; noFd: boolean };
+        const vr = this.vringOrClose(index, msg.fds);
+        vr.callFd = VringState.swapFd(vr.callFd, noFd ? -1 : msg.fds[0]);
+        this.dataPlane.setCallFd(index, vr.callFd);
+        return NO_REPLY;
+      }
+      case R.SET_VRING_ERR: {
+        const { index, noFd } = p as { index: number; noFd: boolean };
+        const vr = this.vringOrClose(index, msg.fds);
+        vr.errFd = VringState.swapFd(vr.errFd, noFd ? -1 : msg.fds[0]);
+        this.dataPlane.setErrFd(index, vr.errFd);
+        return NO_REPLY;
+      }
+      case R.SET_VRING_ENABLE: {
+        const { index, num } = p as { index: number; num: number };
+        const vr = this.vring(index);
+        if (num > 1) refuse(`SET_VRING_ENABLE value ${num} is neither 0 nor 1`);
+        vr.enabled = num === 1;
+        this.dataPlane.setEnabled(index, vr.enabled);
+        return NO_REPLY;
+      }
+      case R.GET_CONFIG: {
+        const c = p as { offset: number; size: number; flags: number };
+        return { kind: 'config', offset: c.offset, size: c.size, flags: c.flags, data: this.device.readConfig(c.offset, c.size) };
+      }
+      case R.SET_CONFIG: {
+        const c = p as { offset: number; data: Uint8Array };
+        if (!this.device.writeConfig(c.offset, c.data)) refuse(`config write of ${c.data.length} bytes at offset ${c.offset} refused`);
+        return NO_REPLY;
+      }
+      case R.SET_STATUS: {
+        const value = (p as { value: bigint }).value;
+        if (value > 0xffn) refuse(`device status 0x${value.toString(16)} does not fit a byte`);
+        this.status = Number(value);
+        return NO_REPLY;
+      }
+      case R.GET_STATUS:
+        return this.u64(this.status);
+      default:
+        for (const fd of msg.fds) native.close(fd);
+        refuse(`${frontendRequestName(msg.request)} is not supported`);
+    }
+  }
+
+  /** For fd-carrying vring messages: an out-of-range index must still not leak the fd. */
+  private vringOrClose(index: number, fds: number[]): VringState {
+    if (!(index >= 0 && index < this.vrings.length)) for (const fd of fds) native.close(fd);
+    return this.vring(index);
+  }
+
+  private setVringAddr(a: { index: number; descUserAddr: number; usedUserAddr: number; availUserAddr: number }): void {
+    const vr = this.vring(a.index);
+    if (vr.started) refuse(`queue ${a.index} is running`);
+    if (vr.size === 0) refuse(`queue ${a.index}: SET_VRING_ADDR before SET_VRING_NUM`);
+    const desc = this.mem.userToGuest(a.descUserAddr, 16 * vr.size);
+    const avail = this.mem.userToGuest(a.availUserAddr, 6 + 2 * vr.size);
+    const used = this.mem.userToGuest(a.usedUserAddr, 6 + 8 * vr.size);
+    if (desc < 0 || avail < 0 || used < 0) refuse(`queue ${a.index}: ring addresses outside the memory table`);
+    vr.descAddr = desc;
+    vr.availAddr = avail;
+    vr.usedAddr = used;
+  }
+
+  private setVringKick(k: { index: number; noFd: boolean }, fds: number[]): void {
+    const vr = this.vringOrClose(k.index, fds);
+    vr.kickFd = VringState.swapFd(vr.kickFd, k.noFd ? -1 : fds[0]);
+    if (vr.started) return;
+    if (vr.size === 0 || !vr.addressed) refuse(`queue ${k.index}: kick before size and addresses`);
+    // Without protocol features a ring is enabled when it starts; with them it waits for SET_VRING_ENABLE.
+    if (!hasBit(this.features, VHOST_USER_F_PROTOCOL_FEATURES)) vr.enabled = true;
+    const why = this.dataPlane.startRing({
+      index: vr.index, size: vr.size, descAddr: vr.descAddr, availAddr: vr.availAddr, usedAddr: vr.usedAddr,
+      base: vr.base, kickFd: vr.kickFd, callFd: vr.callFd, errFd: vr.errFd, enabled: vr.enabled,
+      eventIdx: hasBit(this.features, VIRTIO_RING_F_EVENT_IDX), indirect: hasBit(this.features, VIRTIO_RING_F_INDIRECT_DESC),
+    });
+    if (why !== undefined) refuse(why);
+    vr.started = true;
+  }
+
+  /** Stop a ring (waiting for its requests) and return the index to resume from. */
+  private async stopRing(vr: VringState): Promise<number> {
+    if (vr.started) {
+      const next = await this.dataPlane.stopRing(vr.index);
+      vr.started = false;
+      if (next !== undefined) vr.base = next;
+    }
+    // The kick fd belongs to this run of the ring; the next start brings a new one.
+    vr.kickFd = VringState.swapFd(vr.kickFd, -1);
+    this.releaseRetiredRegions();
+    return vr.base;
+  }
+
+  private mapOne(region: MemoryRegion, fd: number): MappedRegion {
+    try {
+      if (region.size === 0) refuse('memory region of size 0');
+      return mapRegion(fd, { guestPhysAddr: region.guestPhysAddr, size: region.size, userAddr: region.userAddr }, region.mmapOffset);
+    } catch (e) {
+      if (e instanceof RequestRefused) throw e;
+      refuse(`cannot map memory region at guest 0x${region.guestPhysAddr.toString(16)}: ${(e as Error).message}`);
+    } finally {
+      // The mapping keeps the memory alive; the fd is not needed any more.
+      native.close(fd);
+    }
+  }
+
+  private setMemTable(regions: MemoryRegion[], fds: number[]): void {
+    const fresh: MappedRegion[] = [];
+    try {
+      for (let i = 0; i < regions.length; i++) fresh.push(this.mapOne(regions[i], fds[i]));
+    } catch (e) {
+      for (let i = fresh.length + 1; i < fds.length; i++) native.close(fds[i]);
+      for (const r of fresh) unmapRegion(r);
+      throw e;
+    }
+    const table = new GuestMemory();
+    for (const r of fresh) {
+      if (!table.add(r)) {
+        for (const f of fresh) unmapRegion(f);
+        refuse('memory regions overlap');
+      }
+    }
+    this.retire(this.mem.clear());
+    this.mapped.length = 0;
+    for (const r of fresh) {
+      this.mem.add(r);
+      this.mapped.push(r);
+    }
+    this.dataPlane.memoryChanged();
+  }
+
+  private addMemRegion(region: MemoryRegion, fds: number[]): void {
+    if (this.mapped.length >= MAX_MEM_SLOTS) {
+      native.close(fds[0]);
+      refuse(`all ${MAX_MEM_SLOTS} memory slots are in use`);
+    }
+    const r = this.mapOne(region, fds[0]);
+    if (!this.mem.add(r)) {
+      unmapRegion(r);
+      refuse(`memory region at guest 0x${region.guestPhysAddr.toString(16)} overlaps another`);
+    }
+    this.mapped.push(r);
+    this.dataPlane.memoryChanged();
+  }
+
+  private removeMemRegion(region: MemoryRegion): void {
+    const r = this.mem.remove(region.guestPhysAddr, region.size);
+    if (r === undefined) refuse(`no memory region at guest 0x${region.guestPhysAddr.toString(16)} of size ${region.size}`);
+    this.mapped.splice(this.mapped.indexOf(r as MappedRegion), 1);
+    this.retire([r]);
+    this.dataPlane.memoryChanged();
+  }
+
+  private retired: MappedRegion[] = [];
+
+  /** Regions leave the table at once but are unmapped only when no I/O can still target them. */
+  private retire(regions: readonly object[]): void {
+    this.retired.push(...(regions as MappedRegion[]));
+    this.releaseRetiredRegions();
+  }
+
+  private releaseRetiredRegions(): void {
+    if (this.retired.length === 0 || this.dataPlane.inFlight() > 0) return;
+    for (const r of this.retired) unmapRegion(r);
+    this.retired = [];
+  }
+
+  private async resetDevice(): Promise<void> {
+    for (const vr of this.vrings) {
+      await this.stopRing(vr);
+      vr.enabled = false;
+      vr.base = 0;
+      vr.size = 0;
+      vr.descAddr = vr.availAddr = vr.usedAddr = -1;
+    }
+    this.features = 0n;
+    this.status = 0;
+    this.device.reset();
+  }
+
+  /** The connection is gone: stop rings, unmap memory, close every fd. */
+  async teardown(): Promise<void> {
+    if (this.torndown) return;
+    this.torndown = true;
+    await this.queue.catch(() => undefined);
+    await this.dataPlane.stopAll();
+    for (const vr of this.vrings) {
+      vr.started = false;
+      vr.closeFds();
+    }
+    this.retire(this.mem.clear());
+    this.mapped.length = 0;
+    this.releaseRetiredRegions();
+    this.owned = false;
+  }
+
+  /** For diagnostics and tests. */
+  get state(): { owned: boolean; features: bigint; protocolFeatures: bigint; regions: number; started: number[] } {
+    return {
+      owned: this.owned, features: this.features, protocolFeatures: this.protocolFeatures,
+      regions: this.mem.regionCount, started: this.vrings.filter((v) => v.started).map((v) => v.index),
+    };
+  }
+}

@@ -1,0 +1,262 @@
+// Split virtqueue (virtio 1.2 §2.7) over guest memory mapped in this process.
+//
+// The guest owns the descriptor table and the available ring and may change
+// them at any moment, so every index and address read from them is treated as
+// hostile: heads are range-checked, chains are bounded, buffers are checked
+// against the memory table. Nothing here allocates per request: chain walks fill
+// the preallocated arrays of a Chain.
+import { GuestMemory } from '../memory/guest-memory';
+
+export const VRING_DESC_F_NEXT = 1;
+export const VRING_DESC_F_WRITE = 2;
+export const VRING_DESC_F_INDIRECT = 4;
+export const VRING_USED_F_NO_NOTIFY = 1;
+export const VRING_AVAIL_F_NO_INTERRUPT = 1;
+
+/** Largest queue this back-end accepts (QEMU's VIRTQUEUE_MAX_SIZE). */
+export const MAX_QUEUE_SIZE = 1024;
+/** Most buffers one chain may carry, direct or through an indirect table. */
+export const MAX_CHAIN_LENGTH = MAX_QUEUE_SIZE;
+
+const DESC_SIZE = 16;
+
+/** Outcome of walking a chain; anything but CHAIN_OK means the buffers cannot be used. */
+export const CHAIN_OK = 0;
+export const CHAIN_BAD_HEAD = 1;
+export const CHAIN_BAD_NEXT = 2;
+export const CHAIN_TOO_LONG = 3;
+export const CHAIN_BAD_ADDRESS = 4;
+export const CHAIN_BAD_INDIRECT = 5;
+export const CHAIN_NESTED_INDIRECT = 6;
+
+export const chainErrorNames = ['ok', 'head out of range', 'next out of range', 'chain too long (loop?)',
+  'buffer outside guest memory', 'bad indirect table', 'nested or chained indirect descriptor'];
+
+/** The buffers of one descriptor chain, in order. Reused for every request of a queue. */
+export class Chain {
+  head = 0;
+  count = 0;
+  /** Guest physical address of each buffer. */
+  readonly addr = new Float64Array(MAX_CHAIN_LENGTH);
+  readonly len = new Uint32Array(MAX_CHAIN_LENGTH);
+  /** 1 where the buffer is device-writable. */
+  readonly writable = new Uint8Array(MAX_CHAIN_LENGTH);
+  readableBytes = 0;
+  writableBytes = 0;
+  /** A device-readable buffer came after a device-writable one (virtio 2.7.4.2 forbids it). */
+  misordered = false;
+
+  reset(head: number): void {
+    this.head = head;
+    this.count = 0;
+    this.readableBytes = 0;
+    this.writableBytes = 0;
+    this.misordered = false;
+  }
+}
+
+export interface SplitRingLayout {
+  size: number;
+  descAddr: number;
+  availAddr: number;
+  usedAddr: number;
+}
+
+/** Why a ring could not be set up; undefined when it could. */
+export function checkRingLayout(mem: GuestMemory, l: SplitRingLayout): string | undefined {
+  if (!(l.size >= 1 && l.size <= MAX_QUEUE_SIZE && (l.size & (l.size - 1)) === 0)) return `bad queue size ${l.size}`;
+  if (l.descAddr % 16 !== 0) return 'descriptor table not 16-byte aligned';
+  if (l.availAddr % 2 !== 0) return 'available ring not 2-byte aligned';
+  if (l.usedAddr % 4 !== 0) return 'used ring not 4-byte aligned';
+  if (!mem.access(l.descAddr, DESC_SIZE * l.size)) return 'descriptor table outside guest memory';
+  if (!mem.access(l.availAddr, 6 + 2 * l.size)) return 'available ring outside guest memory';
+  if (!mem.access(l.usedAddr, 6 + 8 * l.size)) return 'used ring outside guest memory';
+  return undefined;
+}
+
+export class SplitQueue {
+  readonly size: number;
+  private readonly mask: number;
+  readonly eventIdx: boolean;
+  readonly indirect: boolean;
+
+  private desc!: DataView;
+  private descOff = 0;
+  /** flags, idx, ring[size], used_event */
+  private avail!: Uint16Array;
+  /** flags, idx, (ring as u32 pairs), avail_event */
+  private used16!: Uint16Array;
+  private used32!: Uint32Array;
+
+  /** Next available-ring index to take. */
+  lastAvail: number;
+  /** Available index as last read from the guest. */
+  private shadowAvail: number;
+  /** Next used-ring index to fill. */
+  usedIdx = 0;
+  /** Used index as of the last interrupt decision (for EVENT_IDX). */
+  private signalledUsed = 0;
+  /** Requests taken from the ring and not yet returned. */
+  inFlight = 0;
+  /** The guest broke the ring's rules; it stays stopped until reset. */
+  broken = false;
+  brokenReason = '';
+
+  constructor(private readonly mem: GuestMemory, readonly layout: SplitRingLayout, baseIdx: number,
+              features: { eventIdx: boolean; indirect: boolean }) {
+    this.size = layout.size;
+    this.mask = layout.size - 1;
+    this.eventIdx = features.eventIdx;
+    this.indirect = features.indirect;
+    this.lastAvail = baseIdx & 0xffff;
+    this.shadowAvail = this.lastAvail;
+    const why = this.remap();
+    if (why !== undefined) throw new RangeError(why);
+    this.usedIdx = Atomics.load(this.used16, 1);
+    this.signalledUsed = this.usedIdx;
+  }
+
+  /** (Re)build views after the memory table changed; returns why the ring is no longer mapped. */
+  remap(): string | undefined {
+    const mem = this.mem;
+    const l = this.layout;
+    const why = checkRingLayout(mem, l);
+    if (why !== undefined) return why;
+    mem.access(l.descAddr, DESC_SIZE * l.size);
+    this.desc = mem.view;
+    this.descOff = mem.offset;
+    mem.access(l.availAddr, 6 + 2 * l.size);
+    this.avail = new Uint16Array(mem.buffer, mem.offset, 3 + l.size);
+    mem.access(l.usedAddr, 6 + 8 * l.size);
+    this.used16 = new Uint16Array(mem.buffer, mem.offset, 3 + 4 * l.size);
+    this.used32 = new Uint32Array(mem.buffer, mem.offset + 4, 2 * l.size);
+    return undefined;
+  }
+
+  private markBroken(reason: string): void {
+    this.broken = true;
+    this.brokenReason = reason;
+  }
+
+  /** Whether the guest has made buffers available that we have not taken. */
+  hasAvailable(): boolean {
+    if (this.broken) return false;
+    if (this.lastAvail !== this.shadowAvail) return true;
+    this.shadowAvail = Atomics.load(this.avail, 1);
+    return this.lastAvail !== this.shadowAvail;
+  }
+
+  /** Take the next available head, or -1 if none (or the ring is broken). */
+  pop(): number {
+    if (!this.hasAvailable()) return -1;
+    if (((this.shadowAvail - this.lastAvail) & 0xffff) > this.size) {
+      this.markBroken(`available index jumped from ${this.lastAvail} to ${this.shadowAvail} (queue size ${this.size})`);
+      return -1;
+    }
+    const head = this.avail[2 + (this.lastAvail & this.mask)];
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    this.inFlight++;
+    return head;
+  }
+
+  /**
+   * Walk the chain starting at `head` into `chain`. Returns CHAIN_OK or an error code;
+   * on error `chain` holds what was gathered so far and must not be used for I/O.
+   */
+  walk(head: number, chain: Chain): number {
+    chain.reset(head);
+    if (head >= this.size) return CHAIN_BAD_HEAD;
+    let table = this.desc;
+    let tableOff = this.descOff;
+    let tableLen = this.size;
+    let i = head;
+    let inIndirect = false;
+    let steps = 0;
+    const mem = this.mem;
+    for (;;) {
+      if (++steps > tableLen) return CHAIN_TOO_LONG;
+      const o = tableOff + i * DESC_SIZE;
+      const lo = table.getUint32(o, true);
+      const hi = table.getUint32(o + 4, true);
+      const len = table.getUint32(o + 8, true);
+      const flags = table.getUint16(o + 12, true);
+      const next = table.getUint16(o + 14, true);
+      if (hi >= 0x200000) return CHAIN_BAD_ADDRESS; // beyond 2^53: not a real guest address
+      const addr = hi * 0x100000000 + lo;
+      if (flags & VRING_DESC_F_INDIRECT) {
+        // Only the head of a direct chain may point at an indirect table, and it
+        // must be the whole chain (virtio 2.7.5.3.1).
+        if (inIndirect || !this.indirect || i !== head || (flags & VRING_DESC_F_NEXT)) return CHAIN_NESTED_INDIRECT;
+        if (len === 0 || len % DESC_SIZE !== 0 || len / DESC_SIZE > MAX_CHAIN_LENGTH) return CHAIN_BAD_INDIRECT;
+        if (!mem.access(addr, len)) return CHAIN_BAD_INDIRECT;
+        table = mem.view;
+        tableOff = mem.offset;
+        tableLen = len / DESC_SIZE;
+        inIndirect = true;
+        steps = 0;
+        i = 0;
+        continue;
+      }
+      if (chain.count >= MAX_CHAIN_LENGTH) return CHAIN_TOO_LONG;
+      if (len > 0 && !mem.covers(addr, len)) return CHAIN_BAD_ADDRESS;
+      const n = chain.count++;
+      chain.addr[n] = addr;
+      chain.len[n] = len;
+      if (flags & VRING_DESC_F_WRITE) {
+        chain.writable[n] = 1;
+        chain.writableBytes += len;
+      } else {
+        chain.writable[n] = 0;
+        chain.readableBytes += len;
+        if (chain.writableBytes > 0) chain.misordered = true;
+      }
+      if (!(flags & VRING_DESC_F_NEXT)) return CHAIN_OK;
+      if (next >= tableLen) return CHAIN_BAD_NEXT;
+      i = next;
+    }
+  }
+
+  /** Put a used element; it becomes visible to the guest at publish(). */
+  push(head: number, writtenLen: number): void {
+    const i = (this.usedIdx & this.mask) * 2;
+    this.used32[i] = head;
+    this.used32[i + 1] = writtenLen;
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    this.inFlight--;
+  }
+
+  /** Make pushed elements visible and say whether the guest wants an interrupt for them. */
+  publish(): boolean {
+    // Seq-cst store: the used elements are visible before the index, and the
+    // following load of used_event/flags cannot move above it (virtio 2.7.7.2).
+    Atomics.store(this.used16, 1, this.usedIdx);
+    const newIdx = this.usedIdx;
+    const oldIdx = this.signalledUsed;
+    if (newIdx === oldIdx) return false;
+    this.signalledUsed = newIdx;
+    if (this.eventIdx) {
+      const usedEvent = Atomics.load(this.avail, 2 + this.size);
+      return ((newIdx - usedEvent - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+    }
+    return (Atomics.load(this.avail, 0) & VRING_AVAIL_F_NO_INTERRUPT) === 0;
+  }
+
+  /** Ask the guest not to kick while we are draining the ring anyway. */
+  suppressKicks(): void {
+    if (!this.eventIdx) Atomics.store(this.used16, 0, Atomics.load(this.used16, 0) | VRING_USED_F_NO_NOTIFY);
+  }
+
+  /**
+   * Ask for kicks again. Returns true if buffers became available meanwhile, in
+   * which case the caller must keep draining (the guest may not kick for them).
+   */
+  allowKicks(): boolean {
+    if (this.eventIdx) {
+      Atomics.store(this.used16, 2 + 4 * this.size, this.lastAvail);
+    } else {
+      Atomics.store(this.used16, 0, Atomics.load(this.used16, 0) & ~VRING_USED_F_NO_NOTIFY);
+    }
+    // The seq-cst store above orders this reload after it (store-load barrier).
+    return this.hasAvailable();
+  }
+}
