@@ -7,6 +7,7 @@ import {
   REPLY_FLAG, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC, MemoryRegion, bit, decodeFrontendMessage, encodeMessage, frontendRequestName, hasBit,
 } from '../../protocol';
+import * as fs from 'node:fs';
 import { DataPlane } from '../dataplane/dataplane';
 import { GuestMemory } from '../memory/guest-memory';
 import { MappedRegion, mapRegion, unmapRegion } from '../memory/mapping';
@@ -283,6 +284,12 @@ export class VhostBackend {
   private mapOne(region: MemoryRegion, fd: number): MappedRegion {
     try {
       if (region.size === 0) refuse('memory region of size 0');
+      // Touching a mapping beyond the end of its file raises SIGBUS and would kill
+      // the server, so a region must lie within its fd.
+      const st = fs.fstatSync(fd);
+      if (st.isFile() && st.size < region.mmapOffset + region.size) {
+        refuse(`memory region at guest 0x${region.guestPhysAddr.toString(16)} extends past the end of its fd (${st.size} bytes)`);
+      }
       return mapRegion(fd, { guestPhysAddr: region.guestPhysAddr, size: region.size, userAddr: region.userAddr }, region.mmapOffset);
     } catch (e) {
       if (e instanceof RequestRefused) throw e;

@@ -1,0 +1,170 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import {
+  FrontendRequest as R, MessageReader, NEED_REPLY_FLAG, Payload, ProtocolFeature, RawMessage, bit,
+  decodeReply, encodeMessage, Message, ProtocolError,
+} from '../../protocol';
+import { BlkDevice } from '../../src/blk/device';
+import { native } from '../../src/native/addon';
+import { Endpoint } from '../../src/transport/endpoint';
+import { Logger, setLogSink } from '../../src/util/log';
+import { PROTOCOL_FEATURES, VhostBackend } from '../../src/vhost/backend';
+import { MemoryEngine } from '../support/memory-engine';
+
+/** Records what the back-end sends instead of writing to a socket. */
+class FakeEndpoint {
+  sent: Uint8Array[] = [];
+  closedReason: string | undefined;
+  get closed(): boolean { return this.closedReason !== undefined; }
+  send(bytes: Uint8Array): void { this.sent.push(bytes); }
+  close(reason = 'closed'): void { this.closedReason ??= reason; }
+}
+
+function raw(request: number, payload: Payload, fds: number[] = [], flags = 0): RawMessage {
+  const bytes = encodeMessage(request, flags, payload);
+  const reader = new MessageReader();
+  let r = reader.feed(bytes.subarray(0, 12), fds);
+  if (r.type === 'more') r = reader.feed(bytes.subarray(12));
+  assert.equal(r.type, 'message');
+  return (r as { raw: RawMessage }).raw;
+}
+
+const settle = async (): Promise<void> => { for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r)); };
+
+function isOpen(fd: number): boolean {
+  try { fs.fstatSync(fd); return true; } catch { return false; }
+}
+
+describe('vhost-user back-end state machine', () => {
+  let ep: FakeEndpoint;
+  let backend: VhostBackend;
+  let lines: string[];
+  let restore: (l: string) => void;
+  const disk = { fd: -1, sizeBytes: 1 << 20, readOnly: false, logicalBlockSize: 512, physicalBlockSize: 512, serial: 's' };
+
+  beforeEach(() => {
+    lines = [];
+    restore = setLogSink((l) => lines.push(l));
+    ep = new FakeEndpoint();
+    const device = new BlkDevice({ disk, maxQueues: 2, writeback: true, engines: (_n, done) => new MemoryEngine(new Uint8Array(1), new Uint8Array(1), done) });
+    backend = new VhostBackend(ep as unknown as Endpoint, device, new Logger());
+  });
+  afterEach(async () => {
+    await backend.teardown();
+    setLogSink(restore);
+  });
+
+  async function send(request: number, payload: Payload, fds: number[] = [], flags = 0): Promise<Message | undefined> {
+    const before = ep.sent.length;
+    backend.receive(raw(request, payload, fds, flags));
+    await settle();
+    if (ep.sent.length === before) return undefined;
+    const bytes = ep.sent[ep.sent.length - 1];
+    const reader = new MessageReader();
+    let r = reader.feed(bytes.subarray(0, 12));
+    if (r.type === 'more' && bytes.length > 12) r = reader.feed(bytes.subarray(12));
+    const m = decodeReply(request, (r as { raw: RawMessage }).raw);
+    assert.ok(!(m instanceof ProtocolError), `bad reply: ${(m as Error).message}`);
+    return m as Message;
+  }
+  const u64 = (value: bigint): Payload => ({ kind: 'u64', value });
+  const valueOf = (m: Message | undefined): bigint => (m!.payload as { value: bigint }).value;
+
+  async function negotiateReplyAck(): Promise<void> {
+    await send(R.SET_PROTOCOL_FEATURES, u64(bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.CONFIG)));
+  }
+
+  it('offers the transport and virtio-blk features and the protocol features', async () => {
+    const f = valueOf(await send(R.GET_FEATURES, { kind: 'none' }));
+    assert.ok(f & bit(32), 'VERSION_1');
+    assert.ok(f & bit(28) && f & bit(29) && f & bit(30), 'INDIRECT, EVENT_IDX, PROTOCOL_FEATURES');
+    assert.ok(f & bit(12), 'MQ');
+    const pf = valueOf(await send(R.GET_PROTOCOL_FEATURES, { kind: 'none' }));
+    assert.equal(pf, PROTOCOL_FEATURES);
+    for (const b of ['MQ', 'REPLY_ACK', 'CONFIG', 'CONFIGURE_MEM_SLOTS', 'RESET_DEVICE', 'STATUS'] as const) {
+      assert.ok(pf & bit(ProtocolFeature[b]), b);
+    }
+    assert.equal(valueOf(await send(R.GET_QUEUE_NUM, { kind: 'none' })), 2n);
+  });
+
+  it('acks success and failure truthfully with REPLY_ACK', async () => {
+    await negotiateReplyAck();
+    const offered = valueOf(await send(R.GET_FEATURES, { kind: 'none' }));
+    assert.equal(valueOf(await send(R.SET_FEATURES, u64(offered), [], NEED_REPLY_FLAG)), 0n);
+    assert.equal(valueOf(await send(R.SET_FEATURES, u64(bit(63)), [], NEED_REPLY_FLAG)), 1n);
+    assert.equal(valueOf(await send(R.SET_VRING_NUM, { kind: 'vringState', index: 0, num: 100 }, [], NEED_REPLY_FLAG)), 1n, 'not a power of two');
+    assert.equal(valueOf(await send(R.SET_VRING_NUM, { kind: 'vringState', index: 7, num: 128 }, [], NEED_REPLY_FLAG)), 1n, 'queue out of range');
+    assert.equal(valueOf(await send(R.SET_VRING_NUM, { kind: 'vringState', index: 1, num: 128 }, [], NEED_REPLY_FLAG)), 0n);
+    assert.equal(ep.closed, false);
+    assert.ok(lines.some((l) => /request refused/.test(l) && /never offered/.test(l)));
+  });
+
+  it('closes the connection when a request fails and no ack was asked for', async () => {
+    await send(R.SET_FEATURES, u64(bit(63)));
+    assert.match(ep.closedReason ?? '', /SET_FEATURES failed/);
+  });
+
+  it('closes the connection on a malformed message and closes its fds', async () => {
+    const fd = native.eventfd(0);
+    // SET_VRING_CALL for queue 0 claiming "no fd" yet carrying one.
+    backend.receive(raw(R.SET_VRING_CALL, { kind: 'vringFd', index: 0, noFd: true }, [fd]));
+    await settle();
+    assert.equal(ep.closed, true);
+    assert.equal(isOpen(fd), false, 'fd of the malformed message was closed');
+    assert.ok(lines.some((l) => /malformed message/.test(l)));
+  });
+
+  it('closes fds of vring messages for queues out of range', async () => {
+    await negotiateReplyAck();
+    const fd = native.eventfd(0);
+    const m = await send(R.SET_VRING_KICK, { kind: 'vringFd', index: 5, noFd: false }, [fd], NEED_REPLY_FLAG);
+    assert.equal(valueOf(m), 1n);
+    assert.equal(isOpen(fd), false);
+  });
+
+  it('maps memory regions, refuses overlaps and translates ring addresses through them', async () => {
+    await negotiateReplyAck();
+    const mk = (size: number): number => { const fd = native.memfdCreate('t'); fs.ftruncateSync(fd, size); return fd; };
+    const region = { guestPhysAddr: 0, size: 1 << 20, userAddr: 0x7f0000000000, mmapOffset: 0 };
+    const add = (r: typeof region) => send(R.ADD_MEM_REG, { kind: 'memoryRegion', region: r }, [mk(1 << 20)], NEED_REPLY_FLAG);
+    assert.equal(valueOf(await add(region)), 0n);
+    assert.equal(valueOf(await add({ ...region, guestPhysAddr: 0x80000, userAddr: 0x7f1000000000 })), 1n, 'overlap');
+    assert.equal(valueOf(await add({ ...region, guestPhysAddr: 1 << 20, size: 2 << 20, userAddr: 0x7f2000000000 })), 1n, 'region larger than its fd');
+    assert.equal(backend.state.regions, 1);
+
+    await send(R.SET_VRING_NUM, { kind: 'vringState', index: 0, num: 64 });
+    const addr = (d: number) => ({ kind: 'vringAddr' as const, index: 0, flags: 0, descUserAddr: d, availUserAddr: d + 0x1000, usedUserAddr: d + 0x2000, logGuestAddr: 0 });
+    assert.equal(valueOf(await send(R.SET_VRING_ADDR, addr(0x7f0000000000 + 0x10000), [], NEED_REPLY_FLAG)), 0n);
+    assert.equal(valueOf(await send(R.SET_VRING_ADDR, addr(0x7f0000000000 + (1 << 20) - 0x1000), [], NEED_REPLY_FLAG)), 1n, 'ring past the region');
+    assert.equal(valueOf(await send(R.SET_VRING_ADDR, addr(0x1000), [], NEED_REPLY_FLAG)), 1n, 'not a front-end address');
+
+    const rem = await send(R.REM_MEM_REG, { kind: 'memoryRegion', region: { ...region, guestPhysAddr: 0x200000 } }, [], NEED_REPLY_FLAG);
+    assert.equal(valueOf(rem), 1n, 'no such region');
+    assert.equal(valueOf(await send(R.REM_MEM_REG, { kind: 'memoryRegion', region }, [], NEED_REPLY_FLAG)), 0n);
+    assert.equal(backend.state.regions, 0);
+  });
+
+  it('serves config space and lets the guest toggle the write cache', async () => {
+    const m = await send(R.GET_CONFIG, { kind: 'config', offset: 0, size: 60, flags: 0, data: new Uint8Array(60) });
+    const data = (m!.payload as { data: Uint8Array }).data;
+    assert.equal(data.length, 60);
+    const v = new DataView(data.buffer, data.byteOffset);
+    assert.equal(v.getUint32(0, true), (1 << 20) / 512, 'capacity in sectors');
+    assert.equal(v.getUint32(20, true), 512, 'blk_size');
+    assert.equal(v.getUint16(34, true), 2, 'num_queues');
+    assert.equal(data[32], 1, 'writeback');
+    await negotiateReplyAck();
+    assert.equal(valueOf(await send(R.SET_CONFIG, { kind: 'config', offset: 32, size: 1, flags: 0, data: new Uint8Array([0]) }, [], NEED_REPLY_FLAG)), 0n);
+    const after = await send(R.GET_CONFIG, { kind: 'config', offset: 32, size: 1, flags: 0, data: new Uint8Array(1) });
+    assert.equal((after!.payload as { data: Uint8Array }).data[0], 0);
+    assert.equal(valueOf(await send(R.SET_CONFIG, { kind: 'config', offset: 0, size: 8, flags: 0, data: new Uint8Array(8) }, [], NEED_REPLY_FLAG)), 1n, 'capacity is read-only');
+  });
+
+  it('stores the device status and refuses requests it does not implement', async () => {
+    await negotiateReplyAck();
+    await send(R.SET_STATUS, u64(0x0fn));
+    assert.equal(valueOf(await send(R.GET_STATUS, { kind: 'none' })), 0x0fn);
+    assert.equal(valueOf(await send(R.SET_VRING_ENDIAN, { kind: 'vringState', index: 0, num: 0 }, [], NEED_REPLY_FLAG)), 1n);
+    assert.ok(lines.some((l) => /not supported/.test(l)));
+  });
+});
