@@ -27,9 +27,10 @@ export function qemuAttachLine(socketPath: string): string {
 
 async function serve(o: ServeOptions): Promise<void> {
   let imagePath = o.imagePath;
+  let createdImage = false;
   if (imagePath === undefined) {
     imagePath = DEFAULT_IMAGE;
-    if (createSparseImage(imagePath, DEFAULT_IMAGE_SIZE)) log.info('created sparse 1 GiB default image', { image: imagePath });
+    createdImage = createSparseImage(imagePath, DEFAULT_IMAGE_SIZE);
   } else if (!fs.existsSync(imagePath)) {
     fail(`${imagePath}: no such image file`);
   }
@@ -41,9 +42,11 @@ async function serve(o: ServeOptions): Promise<void> {
     });
     exp.listen();
   } catch (e) {
+    // Leave nothing behind: a default image made for this run goes too.
+    if (createdImage) fs.rmSync(imagePath, { force: true });
     fail((e as Error).message);
   }
-  process.stdout.write(`vublk: serving ${imagePath} on ${path.resolve(o.socketPath)}\nAttach a guest with:\n  ${qemuAttachLine(o.socketPath)}\n`);
+  if (createdImage) log.info('created sparse 1 GiB default image', { image: imagePath });
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
@@ -56,6 +59,8 @@ async function serve(o: ServeOptions): Promise<void> {
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
+  // Announce only once signals are handled: a supervisor may stop us right after.
+  process.stdout.write(`vublk: serving ${imagePath} on ${path.resolve(o.socketPath)}\nAttach a guest with:\n  ${qemuAttachLine(o.socketPath)}\n`);
 }
 
 export function main(argv: string[]): void {

@@ -40,7 +40,11 @@ export class BlkExport {
 
   constructor(readonly o: BlkExportOptions) {
     this.log = rootLog.child({ export: o.id });
-    this.image = openImage(o.imagePath, o.readOnly);
+    try {
+      this.image = openImage(o.imagePath, o.readOnly);
+    } catch (e) {
+      throw new Error(`image ${o.imagePath}: ${(e as Error).message}`);
+    }
     const disk: BlkDisk = {
       fd: this.image.fd,
       sizeBytes: this.image.sizeBytes - (this.image.sizeBytes % o.logicalBlockSize),
@@ -65,7 +69,14 @@ export class BlkExport {
   get activeSession(): VhostBackend | undefined { return this.session?.backend; }
 
   private accept(fd: number): void {
-    if (this.session !== undefined) {
+    const current = this.session;
+    if (current !== undefined) {
+      if (current.endpoint.closed) {
+        // The previous front-end is gone and only its teardown is pending (a quick
+        // reconnect): take the new one as soon as the old state is released.
+        void current.closed.then(() => (this.listener !== undefined ? this.accept(fd) : native.close(fd)));
+        return;
+      }
       this.log.warn('refusing a second front-end while one is attached');
       native.close(fd);
       return;

@@ -14,7 +14,11 @@ export class UnixListener {
   readonly fd: number;
 
   constructor(private readonly o: ListenerOptions, onConnection: (fd: number) => void) {
-    this.fd = listenReplacingStale(o.path);
+    try {
+      this.fd = listenReplacingStale(o.path);
+    } catch (e) {
+      throw new Error(`socket ${o.path}: ${(e as Error).message}`);
+    }
     fs.chmodSync(o.path, o.mode ?? 0o600);
     this.watcher = native.watch(this.fd, POLL_READABLE, () => {
       for (let fd = native.accept(this.fd); fd >= 0; fd = native.accept(this.fd)) onConnection(fd);

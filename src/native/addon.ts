@@ -2,6 +2,15 @@
 // The addon does only what Node cannot: fd passing, mmap, eventfd, readiness
 // watchers on the calling thread's loop, memfd, and a thread-pool I/O engine
 // that reads and writes guest memory in place. Policy stays in TypeScript.
+//
+// Conventions (native/vublk.c):
+// * Failed syscalls throw an Error with message "<syscall>: <strerror>" and Node-style
+//   `code` ('ENOENT', 'EADDRINUSE', ...), `errno` (positive) and `syscall` properties.
+//   Wrong argument types throw TypeError, out-of-range or fractional numbers RangeError.
+// * fd arguments are any int32; a negative or closed fd surfaces as EBADF.
+// * Context-aware: loads in any number of worker_threads; watchers and engines call back
+//   on the loop of the thread that created them. A callback that throws becomes an
+//   uncaught exception ('uncaughtException', or the worker's 'error' event).
 import * as path from 'node:path';
 
 /** Readiness bits for watch(); same values as libuv's UV_READABLE / UV_WRITABLE. */
@@ -20,7 +29,11 @@ export interface IoEngineHandle { readonly __brand: 'IoEngineHandle' }
 
 export interface NativeAddon {
   // --- Unix stream sockets -------------------------------------------------
-  /** Non-blocking, close-on-exec listening socket bound to `path`. */
+  /**
+   * Non-blocking, close-on-exec listening socket bound to `path`. An existing path fails with
+   * EADDRINUSE and is never unlinked here (stale-socket policy is the caller's); a path that
+   * does not fit sun_path fails with ENAMETOOLONG.
+   */
   unixListen(path: string, backlog: number): number;
   /** Connected stream socket to `path`, switched to non-blocking after connect. */
   unixConnect(path: string): number;
@@ -29,12 +42,19 @@ export interface NativeAddon {
   /** Pair of connected non-blocking stream sockets (tests). */
   socketpair(): [number, number];
   /**
-   * recvmsg() up to `length` bytes into `buf` at `offset`; received fds (at most 32)
-   * are appended to `fds`. Returns bytes read, 0 on EOF, -1 on EAGAIN.
-   * On MSG_CTRUNC every received fd is closed and an Error with code 'ECTRUNC' is thrown.
+   * recvmsg() up to `length` (>= 1, so that 0 can only mean EOF) bytes into `buf` at `offset`;
+   * received fds (at most 32, close-on-exec) are appended to `fds`. Returns bytes read, 0 on
+   * EOF, -1 on EAGAIN. On MSG_CTRUNC every received fd is closed and an Error with code
+   * 'ECTRUNC' (errno EMSGSIZE) is thrown; any control message other than SCM_RIGHTS likewise
+   * closes the fds and throws code 'EPROTO'. The bytes of such a message are lost.
    */
   recvmsg(fd: number, buf: Uint8Array, offset: number, length: number, fds: number[]): number;
-  /** sendmsg() of buf[offset, offset+length) with optional fds (at most 32). Returns bytes sent or -1 on EAGAIN. */
+  /**
+   * sendmsg() of buf[offset, offset+length) with optional fds (at most 32, else RangeError;
+   * sending fds needs length >= 1). Returns bytes sent or -1 on EAGAIN; a dead peer throws
+   * EPIPE/ECONNRESET (never SIGPIPE). On a partial send the fds went with the bytes that
+   * were sent: send the rest without them.
+   */
   sendmsg(fd: number, buf: Uint8Array, offset: number, length: number, fds: number[] | null): number;
   /** close(2); errors other than EBADF are ignored. */
   close(fd: number): void;
@@ -43,41 +63,56 @@ export interface NativeAddon {
   /** mmap(MAP_SHARED) of fd; returns the host address as a Number. */
   mmap(fd: number, length: number, offset: number, writable: boolean): number;
   munmap(address: number, length: number): void;
-  /** External ArrayBuffer over [address, address+length) of an existing mapping; no copy, no finalizer. */
+  /**
+   * External ArrayBuffer over [address, address+length) of an existing mapping; no copy, no
+   * finalizer (the mapping stays the caller's). length is 1..2^32. Touching it after munmap()
+   * is a segfault, not an exception: detach() every such buffer before unmapping.
+   */
   arrayBuffer(address: number, length: number): ArrayBuffer;
   /** Detach an ArrayBuffer from arrayBuffer() so later access cannot touch unmapped memory. */
   detach(buffer: ArrayBuffer): void;
-  /** memfd_create(name, MFD_CLOEXEC). */
+  /** memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING); name is at most 249 bytes. */
   memfdCreate(name: string): number;
 
   // --- eventfd ---------------------------------------------------------------
   /** eventfd(initval, EFD_CLOEXEC | EFD_NONBLOCK). */
   eventfd(initval: number): number;
-  /** Read and reset the counter; 0 if it was zero (EAGAIN). */
+  /** Read and reset the counter; 0 if it was zero (EAGAIN). Values above 2^53 lose precision. */
   eventfdRead(fd: number): number;
   /** Add `value` to the counter (EAGAIN is ignored: the counter is already signalled). */
   eventfdWrite(fd: number, value: number): void;
 
   // --- readiness -------------------------------------------------------------
-  /** Call `callback(events)` on this thread's event loop whenever fd is ready; events < 0 is -errno. */
+  /**
+   * Call `callback(events)` (with `this` = the Watcher) on this thread's event loop whenever fd
+   * is ready (level-triggered: drain the fd or stop, or it fires again). events < 0 is -errno.
+   * An active watcher keeps the loop (process or worker) alive and is kept alive itself even if
+   * the object is dropped; stop() it before closing the fd. One watcher per fd per thread:
+   * a second one fails with EEXIST until the first is stopped.
+   */
   watch(fd: number, events: number, callback: (events: number) => void): Watcher;
 
   // --- I/O engine (thread pool) ----------------------------------------------
   /**
    * An engine with `slots` request slots of up to `maxIov` iovecs each. Completions run on
    * the creating thread's loop as `onComplete(slot, result)`: result is bytes transferred
-   * (reads stop early only at end of file) or -errno.
+   * (reads stop early only at end of file) or -errno; a bad iov address is -EFAULT, a write
+   * the kernel makes no progress on is -EIO. The slot is free again when onComplete runs, so
+   * it may resubmit. The engine stays alive while requests are in flight. Runs on libuv's
+   * thread pool (UV_THREADPOOL_SIZE, default 4, shared with fs and dns). slots <= 65536,
+   * maxIov <= 1024.
    */
   ioEngineCreate(slots: number, maxIov: number, onComplete: (slot: number, result: number) => void): IoEngineHandle;
   /**
    * Queue one request in `slot`. `iov` holds (hostAddress, length) pairs; `iovCount` pairs are used.
-   * IO_FLUSH ignores offset and iov. Throws if the slot is busy or arguments are out of range.
+   * IO_FLUSH ignores offset and iov. Throws if the slot is busy (code 'EBUSY'), arguments are
+   * out of range, or the engine was destroyed.
    */
   ioEngineSubmit(engine: IoEngineHandle, slot: number, op: number, fd: number, offset: number,
                  iov: Float64Array, iovCount: number): void;
   /** Requests still running in the pool. */
   ioEngineInFlight(engine: IoEngineHandle): number;
-  /** Free the engine; only valid with nothing in flight. */
+  /** Free the engine; throws EBUSY with requests in flight. Idempotent. */
   ioEngineDestroy(engine: IoEngineHandle): void;
 }
 

@@ -42,6 +42,7 @@ export class Endpoint {
   private readAvailable(): void {
     while (!this.isClosed) {
       const want = Math.min(this.reader.needed, READ_BUFFER_SIZE);
+      if (want === 0) return this.close('message reader stopped');
       let n: number;
       this.fds.length = 0;
       try {

@@ -1,0 +1,11 @@
+{
+  "targets": [
+    {
+      "target_name": "vublk_native",
+      "sources": ["vublk.c"],
+      "defines": ["NAPI_VERSION=8"],
+      "cflags": ["-Wall", "-Wextra"],
+      "cflags_c": ["-std=gnu11"]
+    }
+  ]
+}

@@ -1,0 +1,1201 @@
+// vublk_native: the handful of things Node cannot do on its own (fd passing,
+// mmap, eventfd, readiness watchers, memfd, guest-memory I/O in the thread
+// pool). The JS-facing contract lives in src/native/addon.ts; policy stays in
+// TypeScript, so everything here is a thin, strictly validated syscall wrapper.
+//
+// Threading and lifetime rules followed throughout:
+//  * No mutable globals: the addon is loaded by several worker_threads at once.
+//    Per-env data hangs off napi_set_instance_data; everything else is owned
+//    by the JS object that handed it out.
+//  * Callbacks into JS run on the loop of the thread that created the watcher
+//    or engine, through napi_make_callback so that process.nextTick and
+//    promise jobs queued by the callback run right after it, as they would for
+//    a core callback. A throwing callback is turned into an uncaught exception
+//    with napi_fatal_exception (there is no JS frame to return the error to),
+//    exactly like core's napi_async_work completion path: 'uncaughtException'
+//    handlers see it, otherwise the process (or worker) dies the normal way.
+//  * Env teardown uses async cleanup hooks: Node keeps spinning the loop until
+//    we signal completion, which lets uv handles finish closing and in-flight
+//    thread-pool requests land before the loop is closed (a worker aborts in
+//    uv_loop_close otherwise).
+
+#define _GNU_SOURCE
+#ifndef NAPI_VERSION
+#define NAPI_VERSION 8
+#endif
+
+#include <node_api.h>
+#include <uv.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MAX_FDS 32
+#define MAX_IOV 1024
+#define MAX_SLOTS 65536
+#define TWO_POW_32 4294967296.0
+#define TWO_POW_53 9007199254740992.0
+
+// Matches addon.ts; libuv's bit values are part of its stable API.
+#define WATCH_EVENT_MASK (UV_READABLE | UV_WRITABLE | UV_DISCONNECT)
+
+enum { IO_READ = 0, IO_WRITE = 1, IO_FLUSH = 2 };
+
+_Static_assert(MAX_IOV <= IOV_MAX, "one preadv call must accept a whole slot");
+
+#define container_of(ptr, type, member) \
+  ((type *)((char *)(ptr) - offsetof(type, member)))
+
+// Tags make unwrap safe against foreign wrapped objects being passed back in.
+static const napi_type_tag WATCHER_TAG = {0x7675626c6b776174ULL, 0x6368657200000001ULL};
+static const napi_type_tag ENGINE_TAG = {0x7675626c6b656e67ULL, 0x696e650000000001ULL};
+
+// ---------------------------------------------------------------------------
+// Errors
+
+static const struct {
+  int no;
+  const char *name;
+} errno_names[] = {
+    {EPERM, "EPERM"},       {ENOENT, "ENOENT"},         {ESRCH, "ESRCH"},
+    {EINTR, "EINTR"},       {EIO, "EIO"},               {ENXIO, "ENXIO"},
+    {E2BIG, "E2BIG"},       {EBADF, "EBADF"},           {EAGAIN, "EAGAIN"},
+    {ENOMEM, "ENOMEM"},     {EACCES, "EACCES"},         {EFAULT, "EFAULT"},
+    {EBUSY, "EBUSY"},       {EEXIST, "EEXIST"},         {ENODEV, "ENODEV"},
+    {ENOTDIR, "ENOTDIR"},   {EISDIR, "EISDIR"},         {EINVAL, "EINVAL"},
+    {ENFILE, "ENFILE"},     {EMFILE, "EMFILE"},         {EFBIG, "EFBIG"},
+    {ENOSPC, "ENOSPC"},     {ESPIPE, "ESPIPE"},         {EROFS, "EROFS"},
+    {EPIPE, "EPIPE"},       {ERANGE, "ERANGE"},         {ENAMETOOLONG, "ENAMETOOLONG"},
+    {ENOSYS, "ENOSYS"},     {ELOOP, "ELOOP"},           {EOVERFLOW, "EOVERFLOW"},
+    {EPROTO, "EPROTO"},     {ENOTSOCK, "ENOTSOCK"},     {EMSGSIZE, "EMSGSIZE"},
+    {EPROTOTYPE, "EPROTOTYPE"}, {EOPNOTSUPP, "EOPNOTSUPP"}, {EAFNOSUPPORT, "EAFNOSUPPORT"},
+    {EADDRINUSE, "EADDRINUSE"}, {EADDRNOTAVAIL, "EADDRNOTAVAIL"}, {ENETDOWN, "ENETDOWN"},
+    {ECONNABORTED, "ECONNABORTED"}, {ECONNRESET, "ECONNRESET"}, {ENOBUFS, "ENOBUFS"},
+    {EISCONN, "EISCONN"},   {ENOTCONN, "ENOTCONN"},     {ETIMEDOUT, "ETIMEDOUT"},
+    {ECONNREFUSED, "ECONNREFUSED"}, {EALREADY, "EALREADY"}, {EINPROGRESS, "EINPROGRESS"},
+    {ECANCELED, "ECANCELED"}, {EDQUOT, "EDQUOT"},
+};
+
+static const char *errno_name(int err, char *buf, size_t len) {
+  for (size_t i = 0; i < sizeof errno_names / sizeof errno_names[0]; i++)
+    if (errno_names[i].no == err) return errno_names[i].name;
+  snprintf(buf, len, "E%d", err);
+  return buf;
+}
+
+// Error with Node-style `code`, `errno` and `syscall` properties.
+static napi_value throw_coded(napi_env env, const char *syscall, const char *message,
+                              const char *code, int err) {
+  napi_value msg_v, code_v, err_v, errno_v, syscall_v;
+  if (napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg_v) != napi_ok ||
+      napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &code_v) != napi_ok ||
+      napi_create_error(env, code_v, msg_v, &err_v) != napi_ok) {
+    napi_throw_error(env, code, message);
+    return NULL;
+  }
+  if (napi_create_int32(env, err, &errno_v) == napi_ok)
+    napi_set_named_property(env, err_v, "errno", errno_v);
+  if (napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscall_v) == napi_ok)
+    napi_set_named_property(env, err_v, "syscall", syscall_v);
+  napi_throw(env, err_v);
+  return NULL;
+}
+
+static napi_value throw_errno(napi_env env, const char *syscall, int err) {
+  char desc_buf[128], code_buf[16], message[256];
+  // GNU strerror_r: thread-safe (workers), may return a static string.
+  const char *desc = strerror_r(err, desc_buf, sizeof desc_buf);
+  snprintf(message, sizeof message, "%s: %s", syscall, desc);
+  return throw_coded(env, syscall, message, errno_name(err, code_buf, sizeof code_buf), err);
+}
+
+static napi_value throw_type(napi_env env, const char *fmt, const char *name) {
+  char message[192];
+  snprintf(message, sizeof message, fmt, name);
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", message);
+  return NULL;
+}
+
+static napi_value throw_range(napi_env env, const char *message) {
+  napi_throw_range_error(env, "ERR_OUT_OF_RANGE", message);
+  return NULL;
+}
+
+// A Node-API call failed. Usually a JS exception is already pending (e.g. a
+// getter threw); if not, surface the engine's reason instead of failing silently.
+static napi_value napi_failure(napi_env env) {
+  const napi_extended_error_info *info = NULL;
+  const char *reason = "Node-API call failed";
+  // Read the info first: napi_is_exception_pending resets it.
+  if (napi_get_last_error_info(env, &info) == napi_ok && info && info->error_message)
+    reason = info->error_message;
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (!pending) napi_throw_error(env, "ERR_VUBLK_NAPI", reason);
+  return NULL;
+}
+
+#define NAPI_OK(env, call)                          \
+  do {                                              \
+    if ((call) != napi_ok) return napi_failure(env); \
+  } while (0)
+
+// Like NAPI_OK for helpers that report success as bool.
+#define NAPI_OK_B(env, call)                                  \
+  do {                                                        \
+    if ((call) != napi_ok) return (napi_failure(env), false); \
+  } while (0)
+
+// ---------------------------------------------------------------------------
+// Argument helpers. They throw and return false on bad input.
+
+// An integral Number in [min, max]. Non-numbers are TypeErrors; fractions and
+// out-of-range values are RangeErrors, like Node's own validateInteger().
+static bool arg_integer(napi_env env, napi_value v, const char *name, double min, double max,
+                        double *out) {
+  napi_valuetype t;
+  NAPI_OK_B(env, napi_typeof(env, v, &t));
+  if (t != napi_number) return (throw_type(env, "%s must be a number", name), false);
+  double d;
+  NAPI_OK_B(env, napi_get_value_double(env, v, &d));
+  // The range check also rejects NaN; afterwards |d| <= 2^53 so the cast is exact.
+  if (!(d >= min && d <= max) || (double)(int64_t)d != d) {
+    char message[192];
+    snprintf(message, sizeof message, "%s must be an integer in [%.0f, %.0f], got %g", name, min,
+             max, d);
+    return (throw_range(env, message), false);
+  }
+  *out = d;
+  return true;
+}
+
+static bool arg_int32(napi_env env, napi_value v, const char *name, int32_t min, int32_t max,
+                      int32_t *out) {
+  double d;
+  if (!arg_integer(env, v, name, min, max, &d)) return false;
+  *out = (int32_t)d;
+  return true;
+}
+
+// fds are any int32: a negative or closed one is reported by the kernel as
+// EBADF, which is the error callers already handle.
+static bool arg_fd(napi_env env, napi_value v, int *fd) {
+  return arg_int32(env, v, "fd", INT32_MIN, INT32_MAX, fd);
+}
+
+static bool arg_function(napi_env env, napi_value v, const char *name) {
+  napi_valuetype t;
+  NAPI_OK_B(env, napi_typeof(env, v, &t));
+  if (t != napi_function) return (throw_type(env, "%s must be a function", name), false);
+  return true;
+}
+
+// Byte window [offset, offset+length) of a Uint8Array (Buffer included).
+static bool arg_byte_window(napi_env env, napi_value buf, napi_value off_v, napi_value len_v,
+                            bool allow_empty, uint8_t **base, size_t *length) {
+  bool is_ta = false;
+  NAPI_OK_B(env, napi_is_typedarray(env, buf, &is_ta));
+  if (!is_ta) return (throw_type(env, "%s must be a Uint8Array", "buf"), false);
+  napi_typedarray_type type;
+  size_t size;
+  void *data;
+  NAPI_OK_B(env, napi_get_typedarray_info(env, buf, &type, &size, &data, NULL, NULL));
+  if (type != napi_uint8_array) return (throw_type(env, "%s must be a Uint8Array", "buf"), false);
+  double off, len;
+  if (!arg_integer(env, off_v, "offset", 0, (double)size, &off)) return false;
+  if (!arg_integer(env, len_v, "length", allow_empty ? 0 : 1, (double)size - off, &len))
+    return false;
+  *base = (uint8_t *)data + (size_t)off;
+  *length = (size_t)len;
+  return true;
+}
+
+// Strings that go to the kernel as C strings: an embedded NUL would silently
+// truncate them, so reject it.
+static bool arg_cstring(napi_env env, napi_value v, const char *name, char *buf, size_t bufsize,
+                        size_t *len, bool *too_long) {
+  napi_valuetype t;
+  NAPI_OK_B(env, napi_typeof(env, v, &t));
+  if (t != napi_string) return (throw_type(env, "%s must be a string", name), false);
+  size_t n;
+  NAPI_OK_B(env, napi_get_value_string_utf8(env, v, NULL, 0, &n));
+  *too_long = n >= bufsize;
+  *len = n;
+  if (*too_long) return true;
+  NAPI_OK_B(env, napi_get_value_string_utf8(env, v, buf, bufsize, &n));
+  if (strlen(buf) != n) return (throw_type(env, "%s must not contain NUL characters", name), false);
+  return true;
+}
+
+static bool unwrap_tagged(napi_env env, napi_value v, const napi_type_tag *tag, const char *what,
+                          void **out) {
+  napi_valuetype t;
+  NAPI_OK_B(env, napi_typeof(env, v, &t));
+  bool ok = false;
+  if (t == napi_object) NAPI_OK_B(env, napi_check_object_type_tag(env, v, tag, &ok));
+  if (!ok) return (throw_type(env, "argument is not a %s", what), false);
+  NAPI_OK_B(env, napi_unwrap(env, v, out));
+  return true;
+}
+
+static napi_value make_int(napi_env env, int64_t v) {
+  napi_value r;
+  NAPI_OK(env, napi_create_int64(env, v, &r));
+  return r;
+}
+
+static napi_value make_undefined(napi_env env) {
+  napi_value r;
+  NAPI_OK(env, napi_get_undefined(env, &r));
+  return r;
+}
+
+#define ARGS(n)                                                   \
+  size_t argc = (n);                                              \
+  napi_value argv[(n) > 0 ? (n) : 1];                             \
+  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL))
+
+// Runs fn on the env's loop; see the header comment for the exception policy.
+static void invoke_js(napi_env env, napi_async_context ctx, napi_value recv, napi_value fn,
+                      size_t argc, const napi_value *argv) {
+  napi_value result;
+  if (napi_make_callback(env, ctx, recv, fn, argc, argv, &result) == napi_ok) return;
+  // Also reached when the env can no longer run JS (teardown); nothing to report then.
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) != napi_ok || !pending) return;
+  napi_value exc;
+  if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
+}
+
+// ---------------------------------------------------------------------------
+// Unix stream sockets
+
+static bool arg_sockaddr(napi_env env, napi_value v, const char *syscall, struct sockaddr_un *sa,
+                         socklen_t *salen) {
+  memset(sa, 0, sizeof *sa);
+  size_t n;
+  bool too_long;
+  if (!arg_cstring(env, v, "path", sa->sun_path, sizeof sa->sun_path, &n, &too_long)) return false;
+  // An empty path would mean autobind/abstract namespace, which we never want.
+  if (n == 0) return (throw_errno(env, syscall, ENOENT), false);
+  if (too_long) return (throw_errno(env, syscall, ENAMETOOLONG), false);
+  sa->sun_family = AF_UNIX;
+  *salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+  return true;
+}
+
+static void close_keep_errno(int fd) {
+  int saved = errno;
+  close(fd);
+  errno = saved;
+}
+
+static napi_value js_unix_listen(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  struct sockaddr_un sa;
+  socklen_t salen;
+  int32_t backlog;
+  if (!arg_sockaddr(env, argv[0], "bind", &sa, &salen)) return NULL;
+  if (!arg_int32(env, argv[1], "backlog", 0, INT32_MAX, &backlog)) return NULL;
+
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  // bind() refuses an existing path with EADDRINUSE; whether a stale socket
+  // may be removed is the caller's decision, so no unlink here.
+  if (bind(fd, (struct sockaddr *)&sa, salen) < 0) {
+    close_keep_errno(fd);
+    return throw_errno(env, "bind", errno);
+  }
+  if (listen(fd, backlog) < 0) {
+    int err = errno;
+    close(fd);
+    unlink(sa.sun_path);  // we created it a moment ago; leaving it would block a retry
+    return throw_errno(env, "listen", err);
+  }
+  return make_int(env, fd);
+}
+
+static napi_value js_unix_connect(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  struct sockaddr_un sa;
+  socklen_t salen;
+  if (!arg_sockaddr(env, argv[0], "connect", &sa, &salen)) return NULL;
+
+  // Blocking connect: on AF_UNIX it completes at once unless the listener's
+  // backlog is full, and callers want a connected fd or an error, not EINPROGRESS.
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  if (connect(fd, (struct sockaddr *)&sa, salen) < 0) {
+    int err = errno;
+    if (err == EINTR) {
+      // The connection keeps going after a signal; restarting connect() would
+      // give EALREADY, so wait for it and read the outcome instead.
+      struct pollfd p = {.fd = fd, .events = POLLOUT};
+      int r;
+      do r = poll(&p, 1, -1);
+      while (r < 0 && errno == EINTR);
+      socklen_t len = sizeof err;
+      if (r < 0)
+        err = errno;
+      else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    }
+    if (err != 0) {
+      close(fd);
+      return throw_errno(env, "connect", err);
+    }
+  }
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    close_keep_errno(fd);
+    return throw_errno(env, "fcntl", errno);
+  }
+  return make_int(env, fd);
+}
+
+static napi_value js_accept(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int lfd;
+  if (!arg_fd(env, argv[0], &lfd)) return NULL;
+  for (;;) {
+    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) return make_int(env, fd);
+    // A peer that gave up before we got to it is not the listener's problem.
+    if (errno == EINTR || errno == ECONNABORTED) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
+    return throw_errno(env, "accept4", errno);
+  }
+}
+
+static napi_value js_socketpair(napi_env env, napi_callback_info info) {
+  (void)info;
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
+    return throw_errno(env, "socketpair", errno);
+  napi_value arr, a, b;
+  if (napi_create_array_with_length(env, 2, &arr) != napi_ok ||
+      napi_create_int32(env, sv[0], &a) != napi_ok || napi_create_int32(env, sv[1], &b) != napi_ok ||
+      napi_set_element(env, arr, 0, a) != napi_ok || napi_set_element(env, arr, 1, b) != napi_ok) {
+    close(sv[0]);
+    close(sv[1]);
+    return napi_failure(env);
+  }
+  return arr;
+}
+
+static void close_all(const int *fds, size_t n) {
+  for (size_t i = 0; i < n; i++) close(fds[i]);
+}
+
+typedef union {
+  struct cmsghdr align;
+  char buf[CMSG_SPACE(MAX_FDS * sizeof(int))];
+} fd_cmsg_buf;
+
+static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int fd;
+  uint8_t *base;
+  size_t length;
+  bool is_array = false;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  // length 0 is refused: a 0 return must keep meaning EOF.
+  if (!arg_byte_window(env, argv[1], argv[2], argv[3], false, &base, &length)) return NULL;
+  NAPI_OK(env, napi_is_array(env, argv[4], &is_array));
+  if (!is_array) return throw_type(env, "%s must be an array", "fds");
+
+  fd_cmsg_buf cbuf;
+  struct iovec iov = {.iov_base = base, .iov_len = length};
+  struct msghdr msg = {
+      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.buf, .msg_controllen = sizeof cbuf.buf};
+  ssize_t n;
+  do n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
+    return throw_errno(env, "recvmsg", errno);
+  }
+
+  // Collect every fd the kernel installed before judging the message, so that
+  // nothing leaks whichever way we fail.
+  int fds[MAX_FDS];
+  size_t nfds = 0;
+  bool unexpected = false;
+  int bad_level = 0, bad_type = 0;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      const unsigned char *p = CMSG_DATA(c);
+      for (size_t i = 0; i < count; i++) {
+        int rfd;
+        memcpy(&rfd, p + i * sizeof(int), sizeof rfd);  // CMSG_DATA may be unaligned
+        if (nfds < MAX_FDS)
+          fds[nfds++] = rfd;
+        else
+          close(rfd);  // cannot happen with our buffer size, but never leak
+      }
+    } else if (!unexpected) {
+      unexpected = true;
+      bad_level = c->cmsg_level;
+      bad_type = c->cmsg_type;
+    }
+  }
+  if (msg.msg_flags & MSG_CTRUNC) {
+    close_all(fds, nfds);
+    return throw_coded(env, "recvmsg",
+                       "recvmsg: control data truncated (peer sent more than 32 fds)", "ECTRUNC",
+                       EMSGSIZE);
+  }
+  if (unexpected) {
+    close_all(fds, nfds);
+    char message[128];
+    snprintf(message, sizeof message, "recvmsg: unexpected control message (level %d, type %d)",
+             bad_level, bad_type);
+    return throw_coded(env, "recvmsg", message, "EPROTO", EPROTO);
+  }
+
+  uint32_t at;
+  size_t pushed = 0;
+  napi_status st = napi_get_array_length(env, argv[4], &at);
+  for (; st == napi_ok && pushed < nfds; pushed++) {
+    napi_value v;
+    st = napi_create_int32(env, fds[pushed], &v);
+    if (st == napi_ok) st = napi_set_element(env, argv[4], at + (uint32_t)pushed, v);
+  }
+  if (st != napi_ok) {
+    // fds already in the array belong to the caller now; the rest are ours to drop.
+    close_all(fds + pushed, nfds - pushed);
+    return napi_failure(env);
+  }
+  return make_int(env, n);
+}
+
+static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int fd;
+  uint8_t *base;
+  size_t length;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  if (!arg_byte_window(env, argv[1], argv[2], argv[3], true, &base, &length)) return NULL;
+
+  int fds[MAX_FDS];
+  uint32_t nfds = 0;
+  napi_valuetype t;
+  NAPI_OK(env, napi_typeof(env, argv[4], &t));
+  if (t != napi_null && t != napi_undefined) {
+    bool is_array = false;
+    NAPI_OK(env, napi_is_array(env, argv[4], &is_array));
+    if (!is_array) return throw_type(env, "%s must be an array or null", "fds");
+    NAPI_OK(env, napi_get_array_length(env, argv[4], &nfds));
+    if (nfds > MAX_FDS) return throw_range(env, "fds: at most 32 file descriptors per message");
+    for (uint32_t i = 0; i < nfds; i++) {
+      napi_value v;
+      NAPI_OK(env, napi_get_element(env, argv[4], i, &v));
+      if (!arg_int32(env, v, "fds[i]", 0, INT32_MAX, &fds[i])) return NULL;
+    }
+    // Ancillary data rides on the payload; with no bytes the fds would be dropped.
+    if (nfds > 0 && length == 0) return throw_range(env, "length must be >= 1 when sending fds");
+  }
+
+  fd_cmsg_buf cbuf;
+  struct iovec iov = {.iov_base = base, .iov_len = length};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (nfds > 0) {
+    memset(&cbuf, 0, sizeof cbuf);
+    msg.msg_control = cbuf.buf;
+    msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+  }
+  // On a partial send the fds went with the first byte; the caller sends the
+  // rest without them. MSG_NOSIGNAL: a vanished peer must be EPIPE, not SIGPIPE.
+  ssize_t n;
+  do n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return make_int(env, -1);
+    return throw_errno(env, "sendmsg", errno);
+  }
+  return make_int(env, n);
+}
+
+static napi_value js_close(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  // Linux releases the fd even when close() fails (EINTR/EIO), so retrying
+  // could close someone else's fd; only EBADF points at a caller bug.
+  if (close(fd) < 0 && errno == EBADF) return throw_errno(env, "close", EBADF);
+  return make_undefined(env);
+}
+
+// ---------------------------------------------------------------------------
+// Memory
+
+static napi_value js_mmap(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  int fd;
+  double length, offset;
+  bool writable;
+  napi_valuetype t;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  if (!arg_integer(env, argv[1], "length", 1, TWO_POW_53, &length)) return NULL;
+  if (!arg_integer(env, argv[2], "offset", 0, TWO_POW_53, &offset)) return NULL;
+  NAPI_OK(env, napi_typeof(env, argv[3], &t));
+  if (t != napi_boolean) return throw_type(env, "%s must be a boolean", "writable");
+  NAPI_OK(env, napi_get_value_bool(env, argv[3], &writable));
+
+  void *p = mmap(NULL, (size_t)length, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd,
+                 (off_t)offset);
+  if (p == MAP_FAILED) return throw_errno(env, "mmap", errno);
+  napi_value r;
+  if (napi_create_double(env, (double)(uintptr_t)p, &r) != napi_ok) {
+    munmap(p, (size_t)length);
+    return napi_failure(env);
+  }
+  return r;
+}
+
+static napi_value js_munmap(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  double address, length;
+  if (!arg_integer(env, argv[0], "address", 1, TWO_POW_53, &address)) return NULL;
+  if (!arg_integer(env, argv[1], "length", 1, TWO_POW_53, &length)) return NULL;
+  if (munmap((void *)(uintptr_t)address, (size_t)length) < 0)
+    return throw_errno(env, "munmap", errno);
+  return make_undefined(env);
+}
+
+static void noop_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)data;
+  (void)hint;
+}
+
+static napi_value js_array_buffer(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  double address, length;
+  if (!arg_integer(env, argv[0], "address", 1, TWO_POW_53, &address)) return NULL;
+  // 2^32 is Node 20's buffer.constants.MAX_LENGTH; bigger regions get several views.
+  if (!arg_integer(env, argv[1], "length", 1, TWO_POW_32, &length)) return NULL;
+  // The mapping is owned by whoever called mmap(); the buffer only borrows it,
+  // hence a finalizer that does nothing (and detach() before munmap()).
+  napi_value ab;
+  NAPI_OK(env, napi_create_external_arraybuffer(env, (void *)(uintptr_t)address, (size_t)length,
+                                                noop_finalize, NULL, &ab));
+  return ab;
+}
+
+static napi_value js_detach(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  bool is_ab = false;
+  NAPI_OK(env, napi_is_arraybuffer(env, argv[0], &is_ab));
+  if (!is_ab) return throw_type(env, "%s must be an ArrayBuffer", "buffer");
+  if (napi_detach_arraybuffer(env, argv[0]) != napi_ok)
+    return throw_type(env, "%s is not detachable", "buffer");
+  return make_undefined(env);
+}
+
+static napi_value js_memfd_create(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  // The kernel caps memfd names at 249 bytes plus NUL.
+  char name[250];
+  size_t n;
+  bool too_long;
+  if (!arg_cstring(env, argv[0], "name", name, sizeof name, &n, &too_long)) return NULL;
+  if (too_long) return throw_errno(env, "memfd_create", EINVAL);
+  // Sealing lets the owner promise a fixed size to a peer that maps the fd.
+  int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) return throw_errno(env, "memfd_create", errno);
+  return make_int(env, fd);
+}
+
+// ---------------------------------------------------------------------------
+// eventfd
+
+static napi_value js_eventfd(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  double initval;
+  if (!arg_integer(env, argv[0], "initval", 0, UINT32_MAX, &initval)) return NULL;
+  int fd = eventfd((unsigned int)initval, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fd < 0) return throw_errno(env, "eventfd", errno);
+  return make_int(env, fd);
+}
+
+static napi_value js_eventfd_read(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  uint64_t value;
+  ssize_t n;
+  do n = read(fd, &value, sizeof value);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) value = 0;
+  else if (n < 0) return throw_errno(env, "read", errno);
+  else if (n != sizeof value) return throw_errno(env, "read", EINVAL);  // not an eventfd
+  napi_value r;
+  // Counters beyond 2^53 lose precision; only the "was signalled" bit matters in practice.
+  NAPI_OK(env, napi_create_double(env, (double)value, &r));
+  return r;
+}
+
+static napi_value js_eventfd_write(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  double d;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  if (!arg_integer(env, argv[1], "value", 0, TWO_POW_53, &d)) return NULL;
+  uint64_t value = (uint64_t)d;
+  ssize_t n;
+  do n = write(fd, &value, sizeof value);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return throw_errno(env, "write", errno);
+  if (n >= 0 && n != sizeof value) return throw_errno(env, "write", EINVAL);
+  return make_undefined(env);
+}
+
+// ---------------------------------------------------------------------------
+// Per-env state
+
+typedef struct {
+  napi_ref watcher_ctor;  // class whose prototype carries stop()
+} addon_state;
+
+static void addon_state_finalize(napi_env env, void *data, void *hint) {
+  (void)hint;
+  addon_state *st = data;
+  if (st->watcher_ctor) napi_delete_reference(env, st->watcher_ctor);
+  free(st);
+}
+
+// ---------------------------------------------------------------------------
+// Readiness watchers
+//
+// Ownership: the struct is shared by the uv handle (until its close callback)
+// and the JS wrapper (until its finalizer); whichever lets go last frees it.
+// While the watcher is active the wrapper is pinned by a strong reference, so
+// dropping the Watcher object does not silently stop callbacks — the uv
+// handle also keeps the loop alive, like a net.Server would.
+// All Node-API resources are released from the close callback, never while the
+// JS callback may still be on the stack (stop() is often called from inside it).
+
+typedef struct {
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_ref self;  // strong while active
+  napi_async_context async_ctx;
+  napi_async_cleanup_hook_handle hook;
+  int owners;
+  bool stopped;
+  bool env_gone;  // close callback may only free memory
+} watcher;
+
+static void watcher_release(watcher *w) {
+  if (--w->owners == 0) free(w);
+}
+
+static void watcher_closed(uv_handle_t *h) {
+  watcher *w = container_of(h, watcher, poll);
+  if (!w->env_gone) {
+    if (w->callback) napi_delete_reference(w->env, w->callback);
+    if (w->async_ctx) napi_async_destroy(w->env, w->async_ctx);
+  }
+  w->callback = NULL;
+  w->async_ctx = NULL;
+  // Unregisters the hook, or, during teardown, tells Node this watcher is done.
+  if (w->hook) napi_remove_async_cleanup_hook(w->hook);
+  w->hook = NULL;
+  watcher_release(w);
+}
+
+static void watcher_stop(watcher *w) {
+  if (w->stopped) return;
+  w->stopped = true;
+  uv_close((uv_handle_t *)&w->poll, watcher_closed);
+  if (w->self && !w->env_gone) napi_delete_reference(w->env, w->self);
+  w->self = NULL;
+}
+
+static void watcher_on_poll(uv_poll_t *h, int status, int events) {
+  watcher *w = container_of(h, watcher, poll);
+  // A stop() from an earlier callback in this same loop iteration wins.
+  if (w->stopped) return;
+  napi_env env = w->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value fn, self, arg;
+  if (napi_get_reference_value(env, w->callback, &fn) == napi_ok && fn != NULL &&
+      napi_get_reference_value(env, w->self, &self) == napi_ok && self != NULL &&
+      napi_create_int32(env, status < 0 ? status : events, &arg) == napi_ok)
+    invoke_js(env, w->async_ctx, self, fn, 1, &arg);
+  napi_close_handle_scope(env, scope);
+}
+
+// Teardown with the watcher still running: close the handle; watcher_closed
+// completes the hook once libuv has let go of it.
+static void watcher_teardown(napi_async_cleanup_hook_handle handle, void *arg) {
+  (void)handle;
+  watcher_stop(arg);
+}
+
+static void watcher_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  watcher *w = data;
+  // Active watchers are pinned and teardown stops them first, so this is only
+  // a backstop; the env is going away, so the close callback must not use it.
+  if (!w->stopped) {
+    watcher_stop(w);
+    w->env_gone = true;
+  }
+  watcher_release(w);
+}
+
+static void watcher_free_handle(uv_handle_t *h) {
+  free(container_of(h, watcher, poll));
+}
+
+static napi_value js_watcher_ctor(napi_env env, napi_callback_info info) {
+  napi_value self;
+  NAPI_OK(env, napi_get_cb_info(env, info, NULL, NULL, &self, NULL));
+  return self;
+}
+
+static napi_value js_watcher_stop(napi_env env, napi_callback_info info) {
+  napi_value self;
+  void *w;
+  NAPI_OK(env, napi_get_cb_info(env, info, NULL, NULL, &self, NULL));
+  if (!unwrap_tagged(env, self, &WATCHER_TAG, "Watcher", &w)) return NULL;
+  watcher_stop(w);
+  return make_undefined(env);
+}
+
+static napi_value js_watch(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  int32_t fd, events;
+  if (!arg_int32(env, argv[0], "fd", 0, INT32_MAX, &fd)) return NULL;
+  if (!arg_int32(env, argv[1], "events", 1, WATCH_EVENT_MASK, &events)) return NULL;
+  if (!arg_function(env, argv[2], "callback")) return NULL;
+
+  addon_state *st;
+  napi_value ctor, obj, name;
+  uv_loop_t *loop;
+  NAPI_OK(env, napi_get_instance_data(env, (void **)&st));
+  NAPI_OK(env, napi_get_reference_value(env, st->watcher_ctor, &ctor));
+  NAPI_OK(env, napi_get_uv_event_loop(env, &loop));
+  NAPI_OK(env, napi_create_string_utf8(env, "vublk:watch", NAPI_AUTO_LENGTH, &name));
+  NAPI_OK(env, napi_new_instance(env, ctor, 0, NULL, &obj));
+
+  watcher *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, "calloc", ENOMEM);
+  w->env = env;
+  // Nothing is registered with the loop when uv_poll_init fails.
+  int rc = uv_poll_init(loop, &w->poll, fd);
+  if (rc < 0) {
+    free(w);
+    return throw_errno(env, "uv_poll_init", -rc);
+  }
+  rc = uv_poll_start(&w->poll, events & WATCH_EVENT_MASK, watcher_on_poll);
+  if (rc < 0) {
+    uv_close((uv_handle_t *)&w->poll, watcher_free_handle);
+    return throw_errno(env, "uv_poll_start", -rc);
+  }
+  if (napi_wrap(env, obj, w, watcher_finalize, NULL, NULL) != napi_ok) {
+    uv_close((uv_handle_t *)&w->poll, watcher_free_handle);
+    return napi_failure(env);
+  }
+  w->owners = 2;  // uv handle + wrapper
+  if (napi_type_tag_object(env, obj, &WATCHER_TAG) != napi_ok ||
+      napi_create_reference(env, argv[2], 1, &w->callback) != napi_ok ||
+      napi_create_reference(env, obj, 1, &w->self) != napi_ok ||
+      napi_async_init(env, NULL, name, &w->async_ctx) != napi_ok ||
+      napi_add_async_cleanup_hook(env, watcher_teardown, w, &w->hook) != napi_ok) {
+    watcher_stop(w);
+    return napi_failure(env);
+  }
+  return obj;
+}
+
+// ---------------------------------------------------------------------------
+// I/O engine
+//
+// Fixed slots, each with its own iovec array, so the hot path never allocates.
+// Each in-flight request holds an owner count on the engine and the wrapper is
+// pinned while anything is in flight, so completions are delivered even if JS
+// drops the handle. At env teardown the async cleanup hook waits for the last
+// request to land (the pool thread may still be writing into its slot).
+
+typedef struct io_engine io_engine;
+
+typedef struct {
+  uv_work_t req;
+  io_engine *engine;
+  struct iovec *iov;
+  uint32_t index;
+  int op;
+  int fd;
+  int iovcnt;
+  off_t offset;
+  int64_t result;
+  bool busy;
+} io_slot;
+
+struct io_engine {
+  napi_env env;
+  uv_loop_t *loop;
+  napi_ref callback;
+  napi_ref self;  // weak, made strong while requests are in flight
+  napi_async_context async_ctx;
+  napi_async_cleanup_hook_handle hook;
+  io_slot *slots;
+  struct iovec *iov_pool;
+  uint32_t nslots;
+  uint32_t max_iov;
+  uint32_t in_flight;
+  int owners;
+  bool pinned;
+  bool released;      // destroyed or torn down: no more submissions or callbacks
+  bool tearing_down;  // env is going away: finish quietly, never call JS
+  bool env_gone;
+};
+
+static void engine_unref(io_engine *e) {
+  if (--e->owners == 0) {
+    free(e->slots);
+    free(e->iov_pool);
+    free(e);
+  }
+}
+
+// Gives back everything but the struct itself; only with nothing in flight.
+static void engine_release(io_engine *e) {
+  if (e->released) return;
+  e->released = true;
+  if (!e->env_gone) {
+    if (e->callback) napi_delete_reference(e->env, e->callback);
+    if (e->self) napi_delete_reference(e->env, e->self);
+    if (e->async_ctx) napi_async_destroy(e->env, e->async_ctx);
+  }
+  e->callback = NULL;
+  e->self = NULL;
+  e->async_ctx = NULL;
+  e->pinned = false;
+  if (e->hook) napi_remove_async_cleanup_hook(e->hook);
+  e->hook = NULL;
+  free(e->slots);
+  free(e->iov_pool);
+  e->slots = NULL;
+  e->iov_pool = NULL;
+}
+
+// Runs on a pool thread: touches only its own slot.
+static void io_work(uv_work_t *req) {
+  io_slot *s = container_of(req, io_slot, req);
+  ssize_t n;
+  if (s->op == IO_FLUSH) {
+    do n = fdatasync(s->fd);
+    while (n < 0 && errno == EINTR);
+    s->result = n < 0 ? -errno : 0;
+    return;
+  }
+  struct iovec *iov = s->iov;
+  int cnt = s->iovcnt;
+  off_t off = s->offset;
+  int64_t done = 0;
+  // Leading empty iovecs would make a 0 return look like EOF.
+  while (cnt > 0 && iov->iov_len == 0) iov++, cnt--;
+  // At least one call even for an empty request, so a bad fd is still reported.
+  do {
+    n = s->op == IO_READ ? preadv(s->fd, iov, cnt, off) : pwritev(s->fd, iov, cnt, off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      s->result = -errno;
+      return;
+    }
+    if (n == 0 && cnt > 0) {
+      // Reads: end of file, report what we have. Writes: the kernel made no
+      // progress and would not next time either; do not spin.
+      if (s->op == IO_WRITE) done = -EIO;
+      break;
+    }
+    done += n;
+    off += n;
+    // Short transfer: advance past whole iovecs, then into the partial one.
+    while (cnt > 0 && (size_t)n >= iov->iov_len) {
+      n -= (ssize_t)iov->iov_len;
+      iov++, cnt--;
+    }
+    if (cnt > 0) {
+      iov->iov_base = (char *)iov->iov_base + n;
+      iov->iov_len -= (size_t)n;
+    }
+  } while (cnt > 0);
+  s->result = done;
+}
+
+static void io_after(uv_work_t *req, int status) {
+  io_slot *s = container_of(req, io_slot, req);
+  io_engine *e = s->engine;
+  uint32_t index = s->index;
+  int64_t result = status == UV_ECANCELED ? -ECANCELED : s->result;
+  // Free the slot before the callback so it can be resubmitted from there.
+  s->busy = false;
+  e->in_flight--;
+
+  if (e->tearing_down) {
+    if (e->in_flight == 0) engine_release(e);  // completes the cleanup hook
+    engine_unref(e);
+    return;
+  }
+
+  napi_env env = e->env;
+  napi_handle_scope scope;
+  if (!e->released && napi_open_handle_scope(env, &scope) == napi_ok) {
+    napi_value fn, self, argv[2];
+    if (napi_get_reference_value(env, e->callback, &fn) == napi_ok && fn != NULL &&
+        napi_get_reference_value(env, e->self, &self) == napi_ok && self != NULL &&
+        napi_create_uint32(env, index, &argv[0]) == napi_ok &&
+        napi_create_int64(env, result, &argv[1]) == napi_ok)
+      invoke_js(env, e->async_ctx, self, fn, 2, argv);
+    napi_close_handle_scope(env, scope);
+  }
+  // The callback may have resubmitted (still pinned) or destroyed the engine
+  // (self already gone); the request's owner count keeps `e` valid here.
+  if (e->in_flight == 0 && e->pinned && e->self) {
+    e->pinned = false;
+    napi_reference_unref(env, e->self, NULL);
+  }
+  engine_unref(e);
+}
+
+static void engine_teardown(napi_async_cleanup_hook_handle handle, void *arg) {
+  (void)handle;
+  io_engine *e = arg;
+  e->tearing_down = true;
+  if (e->in_flight == 0) engine_release(e);
+}
+
+static void engine_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  io_engine *e = data;
+  if (e->in_flight == 0) {
+    engine_release(e);
+  } else {
+    // Backstop only (in-flight engines are pinned): let the last completion
+    // free the memory without touching the dying env.
+    e->tearing_down = true;
+    e->env_gone = true;
+  }
+  engine_unref(e);
+}
+
+static napi_value js_io_engine_create(napi_env env, napi_callback_info info) {
+  ARGS(3);
+  double nslots, max_iov;
+  if (!arg_integer(env, argv[0], "slots", 1, MAX_SLOTS, &nslots)) return NULL;
+  if (!arg_integer(env, argv[1], "maxIov", 1, MAX_IOV, &max_iov)) return NULL;
+  if (!arg_function(env, argv[2], "onComplete")) return NULL;
+
+  uv_loop_t *loop;
+  napi_value obj, name;
+  NAPI_OK(env, napi_get_uv_event_loop(env, &loop));
+  NAPI_OK(env, napi_create_string_utf8(env, "vublk:io", NAPI_AUTO_LENGTH, &name));
+  NAPI_OK(env, napi_create_object(env, &obj));
+
+  io_engine *e = calloc(1, sizeof *e);
+  if (e) {
+    e->slots = calloc((size_t)nslots, sizeof *e->slots);
+    e->iov_pool = calloc((size_t)nslots * (size_t)max_iov, sizeof *e->iov_pool);
+  }
+  if (!e || !e->slots || !e->iov_pool) {
+    if (e) {
+      free(e->slots);
+      free(e->iov_pool);
+    }
+    free(e);
+    return throw_errno(env, "calloc", ENOMEM);
+  }
+  e->env = env;
+  e->loop = loop;
+  e->nslots = (uint32_t)nslots;
+  e->max_iov = (uint32_t)max_iov;
+  for (uint32_t i = 0; i < e->nslots; i++) {
+    e->slots[i].engine = e;
+    e->slots[i].index = i;
+    e->slots[i].iov = e->iov_pool + (size_t)i * e->max_iov;
+  }
+  if (napi_wrap(env, obj, e, engine_finalize, NULL, NULL) != napi_ok) {
+    free(e->slots);
+    free(e->iov_pool);
+    free(e);
+    return napi_failure(env);
+  }
+  e->owners = 1;  // the wrapper
+  if (napi_type_tag_object(env, obj, &ENGINE_TAG) != napi_ok ||
+      napi_create_reference(env, argv[2], 1, &e->callback) != napi_ok ||
+      napi_create_reference(env, obj, 0, &e->self) != napi_ok ||
+      napi_async_init(env, NULL, name, &e->async_ctx) != napi_ok ||
+      napi_add_async_cleanup_hook(env, engine_teardown, e, &e->hook) != napi_ok) {
+    engine_release(e);
+    return napi_failure(env);
+  }
+  return obj;
+}
+
+static napi_value engine_destroyed(napi_env env, const char *fn) {
+  char message[96];
+  snprintf(message, sizeof message, "%s: engine has been destroyed", fn);
+  napi_throw_error(env, "ERR_INVALID_STATE", message);
+  return NULL;
+}
+
+static napi_value js_io_engine_submit(napi_env env, napi_callback_info info) {
+  ARGS(7);
+  io_engine *e;
+  double slot_d, op_d, offset = 0, count = 0;
+  int fd;
+  if (!unwrap_tagged(env, argv[0], &ENGINE_TAG, "IoEngineHandle", (void **)&e)) return NULL;
+  if (e->released) return engine_destroyed(env, "ioEngineSubmit");
+  if (!arg_integer(env, argv[1], "slot", 0, e->nslots - 1, &slot_d)) return NULL;
+  if (!arg_integer(env, argv[2], "op", IO_READ, IO_FLUSH, &op_d)) return NULL;
+  if (!arg_fd(env, argv[3], &fd)) return NULL;
+  io_slot *s = &e->slots[(uint32_t)slot_d];
+  if (s->busy) {
+    char message[96];
+    snprintf(message, sizeof message, "ioEngineSubmit: slot %u is busy", s->index);
+    return throw_coded(env, "ioEngineSubmit", message, "EBUSY", EBUSY);
+  }
+
+  int op = (int)op_d;
+  if (op != IO_FLUSH) {
+    if (!arg_integer(env, argv[4], "offset", 0, TWO_POW_53, &offset)) return NULL;
+    bool is_ta = false;
+    napi_typedarray_type type;
+    size_t len;
+    void *data;
+    NAPI_OK(env, napi_is_typedarray(env, argv[5], &is_ta));
+    if (is_ta) NAPI_OK(env, napi_get_typedarray_info(env, argv[5], &type, &len, &data, NULL, NULL));
+    if (!is_ta || type != napi_float64_array)
+      return throw_type(env, "%s must be a Float64Array", "iov");
+    if (!arg_integer(env, argv[6], "iovCount", 0, e->max_iov, &count)) return NULL;
+    if ((size_t)count * 2 > len) return throw_range(env, "iov holds fewer than iovCount pairs");
+    const double *pairs = data;
+    // Straight into the idle slot; nothing runs on it until uv_queue_work.
+    for (uint32_t i = 0; i < (uint32_t)count; i++) {
+      double addr = pairs[2 * i], n = pairs[2 * i + 1];
+      if (!(addr >= 0 && addr <= TWO_POW_53 && (double)(int64_t)addr == addr))
+        return throw_range(env, "iov address must be an integer in [0, 2^53]");
+      if (!(n >= 0 && n <= TWO_POW_53 && (double)(int64_t)n == n))
+        return throw_range(env, "iov length must be an integer in [0, 2^53]");
+      s->iov[i].iov_base = (void *)(uintptr_t)addr;
+      s->iov[i].iov_len = (size_t)n;
+    }
+  }
+
+  if (!e->pinned) {
+    NAPI_OK(env, napi_reference_ref(env, e->self, NULL));
+    e->pinned = true;
+  }
+  s->op = op;
+  s->fd = fd;
+  s->offset = (off_t)offset;
+  s->iovcnt = (int)count;
+  s->result = 0;
+  int rc = uv_queue_work(e->loop, &s->req, io_work, io_after);
+  if (rc < 0) {
+    if (e->in_flight == 0) {
+      e->pinned = false;
+      napi_reference_unref(env, e->self, NULL);
+    }
+    return throw_errno(env, "uv_queue_work", -rc);
+  }
+  s->busy = true;
+  e->in_flight++;
+  e->owners++;
+  return make_undefined(env);
+}
+
+static napi_value js_io_engine_in_flight(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  io_engine *e;
+  if (!unwrap_tagged(env, argv[0], &ENGINE_TAG, "IoEngineHandle", (void **)&e)) return NULL;
+  return make_int(env, e->in_flight);
+}
+
+static napi_value js_io_engine_destroy(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  io_engine *e;
+  if (!unwrap_tagged(env, argv[0], &ENGINE_TAG, "IoEngineHandle", (void **)&e)) return NULL;
+  if (e->in_flight > 0) {
+    char message[96];
+    snprintf(message, sizeof message, "ioEngineDestroy: %u requests in flight", e->in_flight);
+    return throw_coded(env, "ioEngineDestroy", message, "EBUSY", EBUSY);
+  }
+  // Idempotent; the struct itself goes with the wrapper.
+  engine_release(e);
+  return make_undefined(env);
+}
+
+// ---------------------------------------------------------------------------
+// Module
+
+NAPI_MODULE_INIT() {
+  addon_state *st = calloc(1, sizeof *st);
+  if (!st) return throw_errno(env, "calloc", ENOMEM);
+  if (napi_set_instance_data(env, st, addon_state_finalize, NULL) != napi_ok) {
+    free(st);
+    return napi_failure(env);
+  }
+  napi_property_descriptor stop = {"stop", NULL, js_watcher_stop, NULL, NULL, NULL,
+                                   napi_default_method, NULL};
+  napi_value ctor;
+  NAPI_OK(env, napi_define_class(env, "Watcher", NAPI_AUTO_LENGTH, js_watcher_ctor, NULL, 1, &stop,
+                                 &ctor));
+  NAPI_OK(env, napi_create_reference(env, ctor, 1, &st->watcher_ctor));
+
+#define FN(name, fn) {name, NULL, fn, NULL, NULL, NULL, napi_enumerable, NULL}
+  const napi_property_descriptor fns[] = {
+      FN("unixListen", js_unix_listen),
+      FN("unixConnect", js_unix_connect),
+      FN("accept", js_accept),
+      FN("socketpair", js_socketpair),
+      FN("recvmsg", js_recvmsg),
+      FN("sendmsg", js_sendmsg),
+      FN("close", js_close),
+      FN("mmap", js_mmap),
+      FN("munmap", js_munmap),
+      FN("arrayBuffer", js_array_buffer),
+      FN("detach", js_detach),
+      FN("memfdCreate", js_memfd_create),
+      FN("eventfd", js_eventfd),
+      FN("eventfdRead", js_eventfd_read),
+      FN("eventfdWrite", js_eventfd_write),
+      FN("watch", js_watch),
+      FN("ioEngineCreate", js_io_engine_create),
+      FN("ioEngineSubmit", js_io_engine_submit),
+      FN("ioEngineInFlight", js_io_engine_in_flight),
+      FN("ioEngineDestroy", js_io_engine_destroy),
+  };
+#undef FN
+  NAPI_OK(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
+  return exports;
+}

@@ -1,0 +1,72 @@
+// The command line as a user meets it: defaults, errors, signals.
+import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { VUBLK_BIN, startVublkWithArgs } from '../support/servers';
+
+describe('vublk command line', function () {
+  this.timeout(20000);
+  let dir: string;
+  beforeEach(() => { dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-cli-')); });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  const run = (args: string[]) => spawnSync(process.execPath, [VUBLK_BIN, ...args], { cwd: dir, encoding: 'utf8' });
+
+  for (const [args, pattern] of [
+    [['serve', '--num-queues', '0'], /^vublk: --num-queues: expected an integer/],
+    [['serve', '--num-queues'], /^vublk: --num-queues: missing value/],
+    [['serve', '--logical-block-size', '1024'], /^vublk: --logical-block-size: expected 512 or 4096/],
+    [['serve', '--bogus'], /^vublk: --bogus: unknown option/],
+    [['serve', 'a.img', 'b.img'], /^vublk: b.img: only one IMAGE/],
+    [['serve', 'missing.img'], /^vublk: missing.img: no such image file/],
+    [['serve', '--serial', 'x'.repeat(21)], /^vublk: --serial:/],
+    [['frobnicate'], /^vublk: frobnicate: unknown command/],
+    [['serve', '--socket', '/nonexistent-dir/s.sock'], /^vublk: .*ENOENT|no such file/i],
+  ] as Array<[string[], RegExp]>) {
+    it(`rejects ${args.join(' ')} with one line and status 2, leaving nothing behind`, () => {
+      const r = run(args);
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, pattern);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.deepEqual(fs.readdirSync(dir), []);
+    });
+  }
+
+  it('serves a default sparse 1 GiB image on ./vublk.sock, prints the QEMU line, and cleans up on SIGTERM', async () => {
+    const s = await startVublkWithArgs(['serve'], path.join(dir, 'vublk.sock'), dir);
+    const img = path.join(dir, 'vublk-default.img');
+    const sock = path.join(dir, 'vublk.sock');
+    assert.equal(fs.statSync(img).size, 1 << 30);
+    assert.ok(fs.statSync(img).blocks * 512 < 1 << 20, 'image is sparse');
+    assert.ok(fs.statSync(sock).isSocket());
+    assert.equal(fs.statSync(sock).mode & 0o777, 0o600);
+    assert.match(s.output(), new RegExp(`-chardev socket,id=vublk0,path=${sock}`));
+    assert.match(s.output(), /-device vhost-user-blk-pci,chardev=vublk0/);
+    assert.match(s.output(), /memory-backend-memfd,id=mem,size=1G,share=on/);
+    assert.equal(await s.stop(), 0);
+    assert.equal(fs.existsSync(sock), false, 'socket removed');
+    assert.equal(fs.existsSync(img), true, 'image kept');
+    // A second run reuses the image.
+    fs.writeFileSync(img, 'x', { flag: 'r+' });
+    const again = await startVublkWithArgs(['serve'], path.join(dir, 'vublk.sock'), dir);
+    assert.equal(fs.readFileSync(img).subarray(0, 1).toString(), 'x');
+    again.proc.kill('SIGINT');
+    assert.equal(await again.stop(), 0);
+  });
+
+  it('replaces a stale socket but refuses one a live server holds', async () => {
+    fs.writeFileSync(path.join(dir, 'disk.img'), Buffer.alloc(1 << 20));
+    const sock = path.join(dir, 's.sock');
+    const first = await startVublkWithArgs(['serve', '--socket', 's.sock', 'disk.img'], sock, dir);
+    const r = run(['serve', '--socket', 's.sock', 'disk.img']);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /in use by another server/);
+    first.proc.kill('SIGKILL'); // leaves a stale socket file behind
+    assert.equal(await first.stop(), 'SIGKILL');
+    assert.ok(fs.existsSync(sock));
+    const second = await startVublkWithArgs(['serve', '--socket', 's.sock', 'disk.img'], sock, dir);
+    assert.equal(await second.stop(), 0);
+  });
+});
