@@ -102,7 +102,7 @@ export class DataPlane {
       const why = r.runner.queue.remap();
       if (why !== undefined) {
         this.log.error('ring no longer in guest memory', { queue: index, reason: why });
-        r.runner.queue.broken = true;
+        r.runner.queue.markBroken(`ring no longer in guest memory: ${why}`);
       }
     }
   }

@@ -1,34 +1,13 @@
-// virtio-blk as the driver sees it (virtio 1.2 §5.2): feature bits, request
-// types, status values, the request header and the config space layout. The
-// front-end keeps its own copy of these spec constants rather than importing
-// the server's blk/ code, so a mistake there cannot hide in both ends.
-
-export const VIRTIO_BLK_F_SIZE_MAX = 1;
-export const VIRTIO_BLK_F_SEG_MAX = 2;
-export const VIRTIO_BLK_F_GEOMETRY = 4;
-export const VIRTIO_BLK_F_RO = 5;
-export const VIRTIO_BLK_F_BLK_SIZE = 6;
-export const VIRTIO_BLK_F_FLUSH = 9;
-export const VIRTIO_BLK_F_TOPOLOGY = 10;
-export const VIRTIO_BLK_F_CONFIG_WCE = 11;
-export const VIRTIO_BLK_F_MQ = 12;
-export const VIRTIO_BLK_F_DISCARD = 13;
-export const VIRTIO_BLK_F_WRITE_ZEROES = 14;
-
-export const VIRTIO_BLK_T_IN = 0;
-export const VIRTIO_BLK_T_OUT = 1;
-export const VIRTIO_BLK_T_FLUSH = 4;
-export const VIRTIO_BLK_T_GET_ID = 8;
-export const VIRTIO_BLK_T_DISCARD = 11;
-export const VIRTIO_BLK_T_WRITE_ZEROES = 13;
-
-export const VIRTIO_BLK_S_OK = 0;
-export const VIRTIO_BLK_S_IOERR = 1;
-export const VIRTIO_BLK_S_UNSUPP = 2;
-
-export const SECTOR_SIZE = 512;
-export const BLK_HEADER_SIZE = 16;
-export const BLK_ID_BYTES = 20;
+// virtio-blk as the driver sees it (virtio 1.2 §5.2): the request header and
+// config space layout. The spec constants are shared with the device side.
+export {
+  VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_GEOMETRY, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_BLK_SIZE,
+  VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_DISCARD,
+  VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
+  VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP,
+  SECTOR_SIZE, REQUEST_HEADER_SIZE as BLK_HEADER_SIZE, ID_BYTES as BLK_ID_BYTES,
+} from '../blk/constants';
+import { REQUEST_HEADER_SIZE as BLK_HEADER_SIZE } from '../blk/constants';
 
 /** Device status bits (virtio 1.2 §2.1), sent with SET_STATUS. */
 export const VIRTIO_CONFIG_S_ACKNOWLEDGE = 1;

@@ -189,17 +189,15 @@ export class VhostBackend {
         this.setVringKick(p as { index: number; noFd: boolean }, msg.fds);
         return NO_REPLY;
       case R.SET_VRING_CALL: {
-        const { index, noFd } = p as { index: number; noFd: boolean };
-        const vr = this.vringOrClose(index, msg.fds);
-        vr.callFd = VringState.swapFd(vr.callFd, noFd ? -1 : msg.fds[0]);
-        this.dataPlane.setCallFd(index, vr.callFd);
+        const vr = this.vringFdTarget(p as { index: number; noFd: boolean }, msg.fds);
+        vr.callFd = VringState.swapFd(vr.callFd, this.fdOf(p as { noFd: boolean }, msg.fds));
+        this.dataPlane.setCallFd(vr.index, vr.callFd);
         return NO_REPLY;
       }
       case R.SET_VRING_ERR: {
-        const { index, noFd } = p as { index: number; noFd: boolean };
-        const vr = this.vringOrClose(index, msg.fds);
-        vr.errFd = VringState.swapFd(vr.errFd, noFd ? -1 : msg.fds[0]);
-        this.dataPlane.setErrFd(index, vr.errFd);
+        const vr = this.vringFdTarget(p as { index: number; noFd: boolean }, msg.fds);
+        vr.errFd = VringState.swapFd(vr.errFd, this.fdOf(p as { noFd: boolean }, msg.fds));
+        this.dataPlane.setErrFd(vr.index, vr.errFd);
         return NO_REPLY;
       }
       case R.SET_VRING_ENABLE: {
@@ -233,10 +231,15 @@ export class VhostBackend {
     }
   }
 
-  /** For fd-carrying vring messages: an out-of-range index must still not leak the fd. */
-  private vringOrClose(index: number, fds: number[]): VringState {
-    if (!(index >= 0 && index < this.vrings.length)) for (const fd of fds) native.close(fd);
-    return this.vring(index);
+  /** The vring of a KICK/CALL/ERR message; an out-of-range index must still not leak the fd. */
+  private vringFdTarget(p: { index: number }, fds: number[]): VringState {
+    if (!(p.index >= 0 && p.index < this.vrings.length)) for (const fd of fds) native.close(fd);
+    return this.vring(p.index);
+  }
+
+  /** The fd a KICK/CALL/ERR message carries, or -1 for "no fd" (the codec checked they agree). */
+  private fdOf(p: { noFd: boolean }, fds: number[]): number {
+    return p.noFd ? -1 : fds[0];
   }
 
   private setVringAddr(a: { index: number; descUserAddr: number; usedUserAddr: number; availUserAddr: number }): void {
@@ -253,8 +256,8 @@ export class VhostBackend {
   }
 
   private setVringKick(k: { index: number; noFd: boolean }, fds: number[]): void {
-    const vr = this.vringOrClose(k.index, fds);
-    vr.kickFd = VringState.swapFd(vr.kickFd, k.noFd ? -1 : fds[0]);
+    const vr = this.vringFdTarget(k, fds);
+    vr.kickFd = VringState.swapFd(vr.kickFd, this.fdOf(k, fds));
     if (vr.started) return;
     if (vr.size === 0 || !vr.addressed) refuse(`queue ${k.index}: kick before size and addresses`);
     // Without protocol features a ring is enabled when it starts; with them it waits for SET_VRING_ENABLE.

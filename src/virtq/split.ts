@@ -133,7 +133,7 @@ export class SplitQueue {
     return undefined;
   }
 
-  private markBroken(reason: string): void {
+  markBroken(reason: string): void {
     this.broken = true;
     this.brokenReason = reason;
   }
@@ -218,6 +218,11 @@ export class SplitQueue {
 
   /** Put a used element; it becomes visible to the guest at publish(). */
   push(head: number, writtenLen: number): void {
+    if (this.broken) {
+      // The ring may no longer be mapped; the guest must reset the device anyway.
+      this.inFlight--;
+      return;
+    }
     const i = (this.usedIdx & this.mask) * 2;
     this.used32[i] = head;
     this.used32[i + 1] = writtenLen;
@@ -227,6 +232,7 @@ export class SplitQueue {
 
   /** Make pushed elements visible and say whether the guest wants an interrupt for them. */
   publish(): boolean {
+    if (this.broken) return false;
     // Seq-cst store: the used elements are visible before the index, and the
     // following load of used_event/flags cannot move above it (virtio 2.7.7.2).
     Atomics.store(this.used16, 1, this.usedIdx);
@@ -243,6 +249,7 @@ export class SplitQueue {
 
   /** Ask the guest not to kick while we are draining the ring anyway. */
   suppressKicks(): void {
+    if (this.broken) return;
     if (!this.eventIdx) Atomics.store(this.used16, 0, Atomics.load(this.used16, 0) | VRING_USED_F_NO_NOTIFY);
   }
 
@@ -251,6 +258,7 @@ export class SplitQueue {
    * which case the caller must keep draining (the guest may not kick for them).
    */
   allowKicks(): boolean {
+    if (this.broken) return false;
     if (this.eventIdx) {
       Atomics.store(this.used16, 2 + 4 * this.size, this.lastAvail);
     } else {

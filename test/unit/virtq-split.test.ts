@@ -123,6 +123,18 @@ describe('split virtqueue', () => {
     assert.equal(q.hasAvailable(), false);
   });
 
+  it('stops touching a broken ring but still accounts for requests in flight', () => {
+    const { view, q } = setup();
+    makeAvailable(view, AVAIL, SIZE, [3]);
+    assert.equal(q.pop(), 3);
+    q.markBroken('memory went away');
+    q.push(3, 1);
+    assert.equal(q.inFlight, 0);
+    assert.equal(q.publish(), false);
+    assert.equal(view.getUint16(USED + 2, true), 0, 'used ring untouched');
+    assert.equal(q.allowKicks(), false);
+  });
+
   it('wraps the 16-bit available and used indices', () => {
     const g = fakeGuest(MEM);
     g.view.setUint16(AVAIL + 2, 0xffff, true);
