@@ -23,7 +23,7 @@ run: setup
 
 ## Build the test guest (cached outside the repo) and run every test: unit, integration, guest.
 test: setup guest
-	$(NPM) test
+	scripts/run-tests.sh
 
 test-unit: build
 	$(NPM) run test:unit
