@@ -116,8 +116,16 @@ export interface NativeAddon {
   ioEngineDestroy(engine: IoEngineHandle): void;
 }
 
+export interface ThreadFunctions {
+  /** Pin the calling thread to these CPUs (sched_setaffinity of this thread only). */
+  setThreadAffinity(cpus: number[]): void;
+  getThreadAffinity(): number[];
+  /** Kernel thread id of the calling thread. */
+  gettid(): number;
+}
+
 // dist/src/native/addon.js -> repository root is three levels up.
 const addonPath = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'vublk_native.node');
 
 // eslint-disable-next-line @typescript-eslint/no-var-requires
-export const native: NativeAddon = require(addonPath) as NativeAddon;
+export const native: NativeAddon & ThreadFunctions = require(addonPath) as NativeAddon & ThreadFunctions;
