@@ -4,11 +4,25 @@
 export interface BlkDisk {
   /** Open file descriptor of the image or block device. */
   readonly fd: number;
+  /** 'file': regular image file (fallocate for discard/zeroes); 'block': block device (BLKDISCARD/BLKZEROOUT). */
+  readonly kind: 'file' | 'block';
   readonly sizeBytes: number;
   readonly readOnly: boolean;
   /** Block size the guest sees (512 or 4096); requests must be aligned to it. */
   readonly logicalBlockSize: number;
   readonly physicalBlockSize: number;
+  /** Minimum and optimal I/O sizes in bytes (0 = not reported). */
+  readonly minIoSize: number;
+  readonly optIoSize: number;
+  /**
+   * The fd was opened with O_DIRECT: buffers, offsets and lengths given to the
+   * engine must be multiples of `directAlignment`; blk/ bounces the ones that are not.
+   */
+  readonly direct: boolean;
+  readonly directAlignment: number;
+  /** Whether the store can discard / write zeroes (and so whether the features are offered). */
+  readonly discard: boolean;
+  readonly writeZeroes: boolean;
   /** Answer to VIRTIO_BLK_T_GET_ID, at most 20 bytes. */
   readonly serial: string;
 }

@@ -47,10 +47,17 @@ export class BlkExport {
     }
     const disk: BlkDisk = {
       fd: this.image.fd,
+      kind: 'file',
       sizeBytes: this.image.sizeBytes - (this.image.sizeBytes % o.logicalBlockSize),
       readOnly: o.readOnly,
       logicalBlockSize: o.logicalBlockSize,
       physicalBlockSize: o.logicalBlockSize,
+      minIoSize: 0,
+      optIoSize: 0,
+      direct: false,
+      directAlignment: o.logicalBlockSize,
+      discard: false,
+      writeZeroes: false,
       serial: o.serial,
     };
     this.device = new BlkDevice({ disk, maxQueues: o.numQueues, writeback: o.writeback, engines: o.engines ?? threadPoolEngineFactory });

@@ -110,6 +110,11 @@ export interface NativeAddon {
    */
   ioEngineSubmit(engine: IoEngineHandle, slot: number, op: number, fd: number, offset: number,
                  iov: Float64Array, iovCount: number): void;
+  /**
+   * Queue a range operation (IO_PUNCH_HOLE, IO_ZERO_RANGE, IO_BLKDISCARD, IO_BLKZEROOUT from io-ops.ts)
+   * on [offset, offset+length) in `slot`. Completion result: 0 or -errno.
+   */
+  ioEngineSubmitRange(engine: IoEngineHandle, slot: number, op: number, fd: number, offset: number, length: number): void;
   /** Requests still running in the pool. */
   ioEngineInFlight(engine: IoEngineHandle): number;
   /** Free the engine; throws EBUSY with requests in flight. Idempotent. */

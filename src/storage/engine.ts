@@ -1,9 +1,9 @@
 // The interface between request handling and whatever performs the I/O.
 // Requests are named by slot numbers chosen by the caller; completions come
 // back through one function per engine, so nothing is allocated per request.
-import { IO_FLUSH, IO_READ, IO_WRITE } from '../native/io-ops';
-
-export { IO_FLUSH, IO_READ, IO_WRITE };
+export {
+  IO_BLKDISCARD, IO_BLKZEROOUT, IO_FLUSH, IO_PUNCH_HOLE, IO_READ, IO_WRITE, IO_ZERO_RANGE,
+} from '../native/io-ops';
 
 export type CompletionHandler = (slot: number, result: number) => void;
 
@@ -16,6 +16,8 @@ export interface StorageEngine {
    * stays mapped until completion. Result: bytes transferred or -errno.
    */
   submit(slot: number, op: number, fd: number, offset: number, iov: Float64Array, iovCount: number): void;
+  /** Start a range operation (IO_PUNCH_HOLE, IO_ZERO_RANGE, IO_BLKDISCARD, IO_BLKZEROOUT) on [offset, offset+length). Result: 0 or -errno. */
+  submitRange(slot: number, op: number, fd: number, offset: number, length: number): void;
   /** End of a batch: engines that queue submissions issue them now. */
   flush(): void;
   inFlight(): number;

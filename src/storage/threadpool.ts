@@ -19,6 +19,10 @@ export class ThreadPoolEngine implements StorageEngine {
     native.ioEngineSubmit(this.handle!, slot, op, fd, offset, iov, iovCount);
   }
 
+  submitRange(slot: number, op: number, fd: number, offset: number, length: number): void {
+    native.ioEngineSubmitRange(this.handle!, slot, op, fd, offset, length);
+  }
+
   flush(): void { /* every submit is already queued to the pool */ }
 
   inFlight(): number {

@@ -32,11 +32,23 @@ export class MemoryEngine implements StorageEngine {
       }
       result = bytes;
     }
+    this.complete(slot, result);
+  }
+
+  private complete(slot: number, result: number): void {
     this.pending++;
     setImmediate(() => {
       this.pending--;
       this.onComplete(slot, result);
     });
+  }
+
+  /** Every range operation zeroes the range, as a hole or written zeroes would read back. */
+  submitRange(slot: number, op: number, _fd: number, offset: number, length: number): void {
+    this.calls.push({ slot, op, offset, bytes: length });
+    const result = this.injected.length > 0 ? this.injected.shift()! : 0;
+    if (result === 0) this.disk.fill(0, offset, offset + length);
+    this.complete(slot, result);
   }
 
   flush(): void {}

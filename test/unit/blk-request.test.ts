@@ -23,7 +23,11 @@ function harness(diskOpts: Partial<BlkDisk> = {}, cache: BlkCacheState = { write
   const diskBytes = new Uint8Array(DISK_BYTES);
   const queue = new SplitQueue(g.mem, { size: SIZE, descAddr: DESC, availAddr: AVAIL, usedAddr: USED }, 0, { eventIdx: false, indirect: true });
   let completions = 0;
-  const disk: BlkDisk = { fd: 99, sizeBytes: DISK_BYTES, readOnly: false, logicalBlockSize: 512, physicalBlockSize: 512, serial: 'test-serial', ...diskOpts };
+  const disk: BlkDisk = {
+    fd: 99, kind: 'file', sizeBytes: DISK_BYTES, readOnly: false, logicalBlockSize: 512, physicalBlockSize: 512,
+    minIoSize: 0, optIoSize: 0, direct: false, directAlignment: 512, discard: true, writeZeroes: true,
+    serial: 'test-serial', ...diskOpts,
+  };
   let blk!: BlkQueue;
   const engine = new MemoryEngine(diskBytes, g.bytes, (slot, result) => blk.ioComplete(slot, result));
   blk = new BlkQueue({ queue, mem: g.mem, disk, cache, engine, slotBase: 0, onCompleted: () => completions++, log: new Logger() });

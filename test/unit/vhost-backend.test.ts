@@ -5,6 +5,7 @@ import {
   decodeReply, encodeMessage, Message, ProtocolError,
 } from '../../protocol';
 import { BlkDevice } from '../../src/blk/device';
+import { BlkDisk } from '../../src/blk/disk';
 import { native } from '../../src/native/addon';
 import { Endpoint } from '../../src/transport/endpoint';
 import { Logger, setLogSink } from '../../src/util/log';
@@ -40,7 +41,10 @@ describe('vhost-user back-end state machine', () => {
   let backend: VhostBackend;
   let lines: string[];
   let restore: (l: string) => void;
-  const disk = { fd: -1, sizeBytes: 1 << 20, readOnly: false, logicalBlockSize: 512, physicalBlockSize: 512, serial: 's' };
+  const disk: BlkDisk = {
+    fd: -1, kind: 'file', sizeBytes: 1 << 20, readOnly: false, logicalBlockSize: 512, physicalBlockSize: 512,
+    minIoSize: 0, optIoSize: 0, direct: false, directAlignment: 512, discard: false, writeZeroes: false, serial: 's',
+  };
 
   beforeEach(() => {
     lines = [];
