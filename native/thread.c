@@ -2,6 +2,7 @@
 #include "common.h"
 
 #include <sched.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 
 // setThreadAffinity(cpus: number[]): pin the calling thread (a worker_thread
@@ -49,11 +50,25 @@ static napi_value js_gettid(napi_env env, napi_callback_info info) {
   return make_int(env, (int64_t)syscall(SYS_gettid));
 }
 
+// setThreadName(name): the calling thread's name in /proc/self/task/TID/comm
+// (15 characters at most), so iothreads can be told apart in top and tests.
+static napi_value js_set_thread_name(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  char name[16];
+  size_t len;
+  bool too_long;
+  if (!arg_cstring(env, argv[0], "name", name, sizeof name, &len, &too_long)) return NULL;
+  if (too_long) return throw_range(env, "thread names are at most 15 characters");
+  if (prctl(PR_SET_NAME, name, 0, 0, 0) < 0) return throw_errno(env, "prctl", errno);
+  return make_undefined(env);
+}
+
 napi_status vublk_register_thread(napi_env env, napi_value exports) {
   const napi_property_descriptor fns[] = {
       {"setThreadAffinity", NULL, js_set_thread_affinity, NULL, NULL, NULL, napi_enumerable, NULL},
       {"getThreadAffinity", NULL, js_get_thread_affinity, NULL, NULL, NULL, napi_enumerable, NULL},
       {"gettid", NULL, js_gettid, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setThreadName", NULL, js_set_thread_name, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   return napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns);
 }

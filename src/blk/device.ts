@@ -1,29 +1,25 @@
-// A virtio-blk device: features, config space and per-queue request handlers
-// for one disk. Transport-independent: the vhost-user back-end (or anything
-// else) drives it through these methods.
-import { QueueContext, QueueHandler } from '../dataplane/dataplane';
-import { EngineFactory } from '../storage/engine';
+// A virtio-blk device as the control plane sees it: features and config space
+// for one disk. Requests are handled on iothreads (blk/request.ts). Transport-
+// independent: the vhost-user back-end drives it through these methods.
 import { blkFeatures, encodeBlkConfig, writeBlkConfig } from './config';
 import { BlkCacheState, BlkDisk } from './disk';
-import { createBlkQueueHandler } from './queue-handler';
 
 export interface BlkDeviceOptions {
   disk: BlkDisk;
   maxQueues: number;
   /** Write cache mode the device starts in (and returns to on reset). */
   writeback: boolean;
-  engines: EngineFactory;
 }
 
 export class BlkDevice {
   readonly maxQueues: number;
   readonly cache: BlkCacheState;
-  readonly queueHandlers: (ctx: QueueContext) => QueueHandler;
+  readonly disk: BlkDisk;
 
   constructor(private readonly o: BlkDeviceOptions) {
+    this.disk = o.disk;
     this.maxQueues = o.maxQueues;
     this.cache = { writeback: o.writeback };
-    this.queueHandlers = (ctx) => createBlkQueueHandler(ctx, o.disk, this.cache, o.engines);
   }
 
   deviceFeatures(): bigint {
@@ -43,5 +39,9 @@ export class BlkDevice {
 
   reset(): void {
     this.cache.writeback = this.o.writeback;
+  }
+
+  state(): BlkCacheState {
+    return { writeback: this.cache.writeback };
   }
 }

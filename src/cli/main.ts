@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BlkExport } from '../daemon/blk-export';
-import { createSparseImage } from '../storage/image';
+import { createSparseImage } from '../storage/target';
 import { log } from '../util/log';
 import { DEFAULT_IMAGE, SERVE_USAGE, ServeOptions, UsageError, parseServeArgs } from './serve-args';
 
@@ -36,11 +36,11 @@ async function serve(o: ServeOptions): Promise<void> {
   }
   let exp: BlkExport;
   try {
-    exp = new BlkExport({
+    exp = await BlkExport.open({
       id: 'vublk0', socketPath: o.socketPath, imagePath, readOnly: o.readOnly, numQueues: o.numQueues,
-      logicalBlockSize: o.logicalBlockSize, serial: o.serial, writeback: o.writeback,
+      logicalBlockSize: o.logicalBlockSize, serial: o.serial, writeback: o.writeback, direct: o.direct,
+      iothreads: o.iothreads, queueMap: o.queueMap, iothreadCpus: o.iothreadCpus, aio: o.aio, pollMaxNs: o.pollMaxNs,
     });
-    exp.listen();
   } catch (e) {
     // Leave nothing behind: a default image made for this run goes too.
     if (createdImage) fs.rmSync(imagePath, { force: true });

@@ -7,8 +7,30 @@ export interface ServeOptions {
   readOnly: boolean;
   logicalBlockSize: number;
   serial: string;
+  /** Volatile write cache offered to the guest (FLUSH makes writes durable). */
   writeback: boolean;
+  /** Bypass the host page cache (O_DIRECT). */
+  direct: boolean;
+  iothreads: number;
+  /** queueMap[q] = iothread of queue q; undefined: round-robin. */
+  queueMap: number[] | undefined;
+  /** iothreadCpus[i] = CPUs of iothread i. */
+  iothreadCpus: number[][];
+  aio: 'auto' | 'io_uring' | 'threads';
+  pollMaxNs: number;
 }
+
+/** QEMU's cache modes: (direct, writeback). */
+const CACHE_MODES: Record<string, { direct: boolean; writeback: boolean }> = {
+  none: { direct: true, writeback: true },
+  writeback: { direct: false, writeback: true },
+  writethrough: { direct: false, writeback: false },
+  directsync: { direct: true, writeback: false },
+};
+
+export const MAX_IOTHREADS = 64;
+/** QEMU's default poll-max-ns for iothreads. */
+export const DEFAULT_POLL_MAX_NS = 32768;
 
 /**
  * QEMU's vhost-user-blk-pci defaults num-queues to the guest's vCPU count and
@@ -24,13 +46,32 @@ export class UsageError extends Error {}
 
 export const SERVE_USAGE =
   'usage: vublk serve [--socket PATH] [--num-queues N] [--readonly] [--logical-block-size 512|4096]\n' +
-  '                   [--serial ID] [--cache writeback|writethrough] [IMAGE]';
+  '                   [--serial ID] [--cache none|writeback|writethrough|directsync] [--aio io_uring|threads]\n' +
+  '                   [--iothreads N] [--queue-map Q:T,...] [--iothread-cpus T:CPU[+CPU...],...]\n' +
+  '                   [--poll-max-ns NS] [IMAGE]';
+
+function integer(flag: string, v: string, min: number, max: number): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < min || n > max) throw new UsageError(`${flag}: expected an integer in ${min}..${max}, got '${v}'`);
+  return n;
+}
+
+/** "a:b,c:d" → [[a, b], [c, d]] with integer checks; the value after ':' may be '+'-joined (CPU lists). */
+function pairs(flag: string, v: string): Array<[number, number[]]> {
+  return v.split(',').map((item) => {
+    const m = /^(\d+):(\d+(?:\+\d+)*)$/.exec(item);
+    if (m === null) throw new UsageError(`${flag}: expected N:M items separated by commas, got '${item}'`);
+    return [Number(m[1]), m[2].split('+').map(Number)];
+  });
+}
 
 export function parseServeArgs(argv: string[]): ServeOptions {
   const o: ServeOptions = {
     socketPath: DEFAULT_SOCKET, imagePath: undefined, numQueues: DEFAULT_NUM_QUEUES, readOnly: false,
-    logicalBlockSize: 512, serial: DEFAULT_SERIAL, writeback: true,
+    logicalBlockSize: 512, serial: DEFAULT_SERIAL, writeback: true, direct: false,
+    iothreads: 1, queueMap: undefined, iothreadCpus: [], aio: 'auto', pollMaxNs: DEFAULT_POLL_MAX_NS,
   };
+  let queueMapArg: Array<[number, number[]]> | undefined;
   const value = (i: number, name: string): string => {
     const v = argv[i + 1];
     if (v === undefined || v.startsWith('--')) throw new UsageError(`${name}: missing value`);
@@ -50,11 +91,26 @@ export function parseServeArgs(argv: string[]): ServeOptions {
         o.socketPath = take();
         if (o.socketPath === '') throw new UsageError('--socket: empty path');
         break;
-      case '--num-queues': {
+      case '--num-queues':
+        o.numQueues = integer(flag, take(), 1, MAX_NUM_QUEUES);
+        break;
+      case '--iothreads':
+        o.iothreads = integer(flag, take(), 1, MAX_IOTHREADS);
+        break;
+      case '--queue-map':
+        queueMapArg = pairs(flag, take());
+        break;
+      case '--iothread-cpus':
+        for (const [t, cpus] of pairs(flag, take())) o.iothreadCpus[t] = cpus;
+        break;
+      case '--poll-max-ns':
+        o.pollMaxNs = integer(flag, take(), 0, 1_000_000_000);
+        break;
+      case '--aio': {
         const v = take();
-        const n = Number(v);
-        if (!/^\d+$/.test(v) || n < 1 || n > MAX_NUM_QUEUES) throw new UsageError(`--num-queues: expected an integer in 1..${MAX_NUM_QUEUES}, got '${v}'`);
-        o.numQueues = n;
+        if (v !== 'io_uring' && v !== 'threads' && v !== 'native') throw new UsageError(`--aio: expected io_uring or threads, got '${v}'`);
+        // QEMU's aio=native (Linux AIO) maps to our io_uring engine.
+        o.aio = v === 'threads' ? 'threads' : 'io_uring';
         break;
       }
       case '--readonly':
@@ -76,8 +132,10 @@ export function parseServeArgs(argv: string[]): ServeOptions {
       }
       case '--cache': {
         const v = take();
-        if (v !== 'writeback' && v !== 'writethrough') throw new UsageError(`--cache: expected writeback or writethrough, got '${v}'`);
-        o.writeback = v === 'writeback';
+        const mode = CACHE_MODES[v];
+        if (mode === undefined) throw new UsageError(`--cache: expected one of ${Object.keys(CACHE_MODES).join(', ')}, got '${v}'`);
+        o.direct = mode.direct;
+        o.writeback = mode.writeback;
         break;
       }
       default:
@@ -85,6 +143,19 @@ export function parseServeArgs(argv: string[]): ServeOptions {
         if (o.imagePath !== undefined) throw new UsageError(`${a}: only one IMAGE may be given`);
         o.imagePath = a;
     }
+  }
+  if (queueMapArg !== undefined) {
+    // Queues not named keep the round-robin default.
+    const map = Array.from({ length: o.numQueues }, (_, q) => q % o.iothreads);
+    for (const [q, [t]] of queueMapArg) {
+      if (q >= o.numQueues) throw new UsageError(`--queue-map: queue ${q} does not exist (--num-queues ${o.numQueues})`);
+      if (t >= o.iothreads) throw new UsageError(`--queue-map: iothread ${t} does not exist (--iothreads ${o.iothreads})`);
+      map[q] = t;
+    }
+    o.queueMap = map;
+  }
+  for (let t = 0; t < o.iothreadCpus.length; t++) {
+    if (o.iothreadCpus[t] !== undefined && t >= o.iothreads) throw new UsageError(`--iothread-cpus: iothread ${t} does not exist (--iothreads ${o.iothreads})`);
   }
   return o;
 }

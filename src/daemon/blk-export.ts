@@ -3,9 +3,9 @@
 import { BlkDevice } from '../blk/device';
 import { BlkDisk } from '../blk/disk';
 import { native } from '../native/addon';
-import { EngineFactory } from '../storage/engine';
-import { ImageFile, openImage } from '../storage/image';
-import { threadPoolEngineFactory } from '../storage/threadpool';
+import { AioMode } from '../iothread/messages';
+import { IothreadPool, roundRobinQueueMap } from '../iothread/pool';
+import { StorageTarget, openTarget } from '../storage/target';
 import { Endpoint } from '../transport/endpoint';
 import { Logger, log as rootLog } from '../util/log';
 import { VhostBackend } from '../vhost/backend';
@@ -17,11 +17,21 @@ export interface BlkExportOptions {
   imagePath: string;
   readOnly: boolean;
   numQueues: number;
-  logicalBlockSize: number;
+  /** Guest-visible block size; default: the device's own (block devices) or 512 (files). */
+  logicalBlockSize?: number;
+  /** Open the image with O_DIRECT (cache=none/directsync). */
+  direct?: boolean;
   serial: string;
   writeback: boolean;
   socketMode?: number;
-  engines?: EngineFactory;
+  /** Iothreads (worker threads) serving this export's queues. */
+  iothreads: number;
+  /** queueMap[q] = iothread of queue q; default round-robin. */
+  queueMap?: number[];
+  /** iothreadCpus[i] = CPUs iothread i is pinned to. */
+  iothreadCpus?: number[][];
+  aio: AioMode;
+  pollMaxNs: number;
 }
 
 interface Session {
@@ -32,50 +42,56 @@ interface Session {
 
 export class BlkExport {
   readonly device: BlkDevice;
-  private readonly image: ImageFile;
+  private readonly image: StorageTarget;
   private listener: UnixListener | undefined;
   private session: Session | undefined;
   private readonly log: Logger;
   private connections = 0;
+  private pool: IothreadPool | undefined;
+  private resolveReady!: () => void;
+  private readonly ready = new Promise<void>((r) => { this.resolveReady = r; });
 
-  constructor(readonly o: BlkExportOptions) {
-    this.log = rootLog.child({ export: o.id });
+  /** Open the image, start the iothreads and listen. */
+  static async open(o: BlkExportOptions): Promise<BlkExport> {
+    const exp = new BlkExport(o);
     try {
-      this.image = openImage(o.imagePath, o.readOnly);
+      // Socket first: a bad path fails fast, before any thread starts. Connections
+      // that arrive before the iothreads are up wait in accept().
+      exp.listen();
+      exp.pool = await IothreadPool.start(
+        { type: 'blk', disk: exp.device.disk, writeback: o.writeback, aio: o.aio },
+        { name: 'vublk-io', count: o.iothreads, queueMap: o.queueMap ?? roundRobinQueueMap(o.numQueues, o.iothreads), cpus: o.iothreadCpus ?? [], pollMaxNs: o.pollMaxNs },
+        exp.log,
+      );
+      exp.resolveReady();
     } catch (e) {
-      throw new Error(`image ${o.imagePath}: ${(e as Error).message}`);
-    }
-    const disk: BlkDisk = {
-      fd: this.image.fd,
-      kind: 'file',
-      sizeBytes: this.image.sizeBytes - (this.image.sizeBytes % o.logicalBlockSize),
-      readOnly: o.readOnly,
-      logicalBlockSize: o.logicalBlockSize,
-      physicalBlockSize: o.logicalBlockSize,
-      minIoSize: 0,
-      optIoSize: 0,
-      direct: false,
-      directAlignment: o.logicalBlockSize,
-      discard: false,
-      writeZeroes: false,
-      serial: o.serial,
-    };
-    this.device = new BlkDevice({ disk, maxQueues: o.numQueues, writeback: o.writeback, engines: o.engines ?? threadPoolEngineFactory });
-  }
-
-  listen(): void {
-    try {
-      this.listener = new UnixListener({ path: this.o.socketPath, mode: this.o.socketMode }, (fd) => this.accept(fd));
-    } catch (e) {
-      this.image.close();
+      exp.listener?.close();
+      await exp.pool?.close();
+      exp.image.close();
       throw e;
     }
+    return exp;
+  }
+
+  private constructor(readonly o: BlkExportOptions) {
+    this.log = rootLog.child({ export: o.id });
+    this.image = openTarget(o.imagePath, { readOnly: o.readOnly, direct: o.direct ?? false, logicalBlockSize: o.logicalBlockSize, serial: o.serial });
+    const disk: BlkDisk = this.image.disk;
+    this.device = new BlkDevice({ disk, maxQueues: o.numQueues, writeback: o.writeback });
+  }
+
+  private listen(): void {
+    this.listener = new UnixListener({ path: this.o.socketPath, mode: this.o.socketMode }, (fd) => this.accept(fd));
     this.log.info('listening', { socket: this.o.socketPath, image: this.o.imagePath, readonly: this.o.readOnly, queues: this.o.numQueues });
   }
 
   get activeSession(): VhostBackend | undefined { return this.session?.backend; }
 
   private accept(fd: number): void {
+    if (this.pool === undefined) {
+      void this.ready.then(() => this.accept(fd));
+      return;
+    }
     const current = this.session;
     if (current !== undefined) {
       if (current.endpoint.closed) {
@@ -103,7 +119,7 @@ export class BlkExport {
         });
       },
     });
-    const backend = new VhostBackend(endpoint, this.device, log);
+    const backend = new VhostBackend(endpoint, this.device, this.pool!, log);
     this.session = { endpoint, backend, closed };
     log.info('front-end connected');
     endpoint.start();
@@ -118,6 +134,8 @@ export class BlkExport {
       s.endpoint.close('server shutting down');
       await s.closed;
     }
+    await this.pool?.close();
+    this.pool = undefined;
     this.image.close();
   }
 }

@@ -127,10 +127,56 @@ export interface ThreadFunctions {
   getThreadAffinity(): number[];
   /** Kernel thread id of the calling thread. */
   gettid(): number;
+  /** Name the calling thread (at most 15 characters; shown in /proc/self/task/TID/comm). */
+  setThreadName(name: string): void;
+}
+
+/** Geometry of a block device, from its ioctls (native/blkdev.c). Sizes in bytes. */
+export interface BlockDeviceInfo {
+  /** BLKGETSIZE64. Devices above 2^53 bytes throw EOVERFLOW. */
+  sizeBytes: number;
+  /** BLKSSZGET: smallest unit the device addresses (512 or 4096 in practice). */
+  logicalBlockSize: number;
+  /** BLKPBSZGET: smallest unit written without read-modify-write. */
+  physicalBlockSize: number;
+  /** BLKIOMIN / BLKIOOPT: preferred minimum and optimal I/O sizes; 0 = not reported. */
+  minIoSize: number;
+  optIoSize: number;
+  /** BLKALIGNOFF: offset of the first naturally aligned physical block (-1 = misaligned). */
+  alignmentOffset: number;
+  /** BLKROGET: the device is read-only (opening it read-write fails with EACCES). */
+  readOnly: boolean;
+  /** BLKROTATIONAL; true when the kernel cannot say (before Linux 5.3). */
+  rotational: boolean;
+  /** Device number (st_rdev), for /sys/dev/block/MAJOR:MINOR. */
+  major: number;
+  minor: number;
+}
+
+/** Direct-I/O constraints of an open file (statx STATX_DIOALIGN). */
+export interface DirectIoAlignment {
+  /** Required alignment of user buffers in memory, bytes. */
+  memoryAlignment: number;
+  /** Required alignment of file offsets and lengths, bytes. */
+  offsetAlignment: number;
+}
+
+export interface BlockDeviceFunctions {
+  /**
+   * Geometry of the block device open on `fd` (any access mode). A fd that is not a block
+   * device throws code 'ENOTBLK'; failed ioctls throw "ioctl(BLKxxx): <strerror>".
+   */
+  blockDeviceInfo(fd: number): BlockDeviceInfo;
+  /**
+   * statx(fd, STATX_DIOALIGN): null when the kernel (before 6.1; 6.11 for block devices) or
+   * the filesystem (tmpfs, overlayfs, ...) does not report it; both fields 0 when the file
+   * supports no O_DIRECT at all.
+   */
+  directIoAlignment(fd: number): DirectIoAlignment | null;
 }
 
 // dist/src/native/addon.js -> repository root is three levels up.
 const addonPath = path.join(__dirname, '..', '..', '..', 'native', 'build', 'Release', 'vublk_native.node');
 
 // eslint-disable-next-line @typescript-eslint/no-var-requires
-export const native: NativeAddon & ThreadFunctions = require(addonPath) as NativeAddon & ThreadFunctions;
+export const native: NativeAddon & ThreadFunctions & BlockDeviceFunctions = require(addonPath) as NativeAddon & ThreadFunctions & BlockDeviceFunctions;

@@ -8,7 +8,8 @@ import {
   VIRTIO_RING_F_INDIRECT_DESC, MemoryRegion, bit, decodeFrontendMessage, encodeMessage, frontendRequestName, hasBit,
 } from '../../protocol';
 import * as fs from 'node:fs';
-import { DataPlane } from '../dataplane/dataplane';
+import { DataPlaneControl } from '../iothread/control';
+import { RegionInfo } from '../iothread/messages';
 import { GuestMemory } from '../memory/guest-memory';
 import { MappedRegion, mapRegion, unmapRegion } from '../memory/mapping';
 import { native } from '../native/addon';
@@ -42,7 +43,6 @@ export class VhostBackend {
   private readonly mem = new GuestMemory();
   private readonly mapped: MappedRegion[] = [];
   private readonly vrings: VringState[];
-  private readonly dataPlane: DataPlane;
   private features = 0n;
   private protocolFeatures = 0n;
   private status = 0;
@@ -52,9 +52,8 @@ export class VhostBackend {
   private torndown = false;
 
   constructor(private readonly endpoint: Endpoint, private readonly device: VhostDeviceModel,
-              private readonly log: Logger) {
+              private readonly dataPlane: DataPlaneControl, private readonly log: Logger) {
     this.vrings = Array.from({ length: device.maxQueues }, (_, i) => new VringState(i));
-    this.dataPlane = new DataPlane(this.mem, device.queueHandlers, log);
   }
 
   get offeredFeatures(): bigint { return this.device.deviceFeatures() | TRANSPORT_FEATURES; }
@@ -151,14 +150,14 @@ export class VhostBackend {
       case R.GET_MAX_MEM_SLOTS:
         return this.u64(MAX_MEM_SLOTS);
       case R.SET_MEM_TABLE:
-        this.setMemTable((p as { regions: MemoryRegion[] }).regions, msg.fds);
+        await this.setMemTable((p as { regions: MemoryRegion[] }).regions, msg.fds);
         return NO_REPLY;
       case R.ADD_MEM_REG:
-        this.addMemRegion((p as { region: MemoryRegion }).region, msg.fds);
+        await this.addMemRegion((p as { region: MemoryRegion }).region, msg.fds);
         return NO_REPLY;
       case R.REM_MEM_REG:
         for (const fd of msg.fds) native.close(fd);
-        this.removeMemRegion((p as { region: MemoryRegion }).region);
+        await this.removeMemRegion((p as { region: MemoryRegion }).region);
         return NO_REPLY;
       case R.SET_VRING_NUM: {
         const { index, num } = p as { index: number; num: number };
@@ -186,7 +185,7 @@ export class VhostBackend {
         return { kind: 'vringState', index, num: next };
       }
       case R.SET_VRING_KICK:
-        this.setVringKick(p as { index: number; noFd: boolean }, msg.fds);
+        await this.setVringKick(p as { index: number; noFd: boolean }, msg.fds);
         return NO_REPLY;
       case R.SET_VRING_CALL: {
         const vr = this.vringFdTarget(p as { index: number; noFd: boolean }, msg.fds);
@@ -215,6 +214,7 @@ export class VhostBackend {
       case R.SET_CONFIG: {
         const c = p as { offset: number; data: Uint8Array };
         if (!this.device.writeConfig(c.offset, c.data)) refuse(`config write of ${c.data.length} bytes at offset ${c.offset} refused`);
+        this.dataPlane.setDeviceState(this.device.state());
         return NO_REPLY;
       }
       case R.SET_STATUS: {
@@ -255,14 +255,14 @@ export class VhostBackend {
     vr.usedAddr = used;
   }
 
-  private setVringKick(k: { index: number; noFd: boolean }, fds: number[]): void {
+  private async setVringKick(k: { index: number; noFd: boolean }, fds: number[]): Promise<void> {
     const vr = this.vringFdTarget(k, fds);
     vr.kickFd = VringState.swapFd(vr.kickFd, this.fdOf(k, fds));
     if (vr.started) return;
     if (vr.size === 0 || !vr.addressed) refuse(`queue ${k.index}: kick before size and addresses`);
     // Without protocol features a ring is enabled when it starts; with them it waits for SET_VRING_ENABLE.
     if (!hasBit(this.features, VHOST_USER_F_PROTOCOL_FEATURES)) vr.enabled = true;
-    const why = this.dataPlane.startRing({
+    const why = await this.dataPlane.startRing({
       index: vr.index, size: vr.size, descAddr: vr.descAddr, availAddr: vr.availAddr, usedAddr: vr.usedAddr,
       base: vr.base, kickFd: vr.kickFd, callFd: vr.callFd, errFd: vr.errFd, enabled: vr.enabled,
       eventIdx: hasBit(this.features, VIRTIO_RING_F_EVENT_IDX), indirect: hasBit(this.features, VIRTIO_RING_F_INDIRECT_DESC),
@@ -280,7 +280,6 @@ export class VhostBackend {
     }
     // The kick fd belongs to this run of the ring; the next start brings a new one.
     vr.kickFd = VringState.swapFd(vr.kickFd, -1);
-    this.releaseRetiredRegions();
     return vr.base;
   }
 
@@ -303,7 +302,7 @@ export class VhostBackend {
     }
   }
 
-  private setMemTable(regions: MemoryRegion[], fds: number[]): void {
+  private async setMemTable(regions: MemoryRegion[], fds: number[]): Promise<void> {
     const fresh: MappedRegion[] = [];
     try {
       for (let i = 0; i < regions.length; i++) fresh.push(this.mapOne(regions[i], fds[i]));
@@ -319,16 +318,16 @@ export class VhostBackend {
         refuse('memory regions overlap');
       }
     }
-    this.retire(this.mem.clear());
+    const old = this.mem.clear();
     this.mapped.length = 0;
     for (const r of fresh) {
       this.mem.add(r);
       this.mapped.push(r);
     }
-    this.dataPlane.memoryChanged();
+    await this.publishMemory(old);
   }
 
-  private addMemRegion(region: MemoryRegion, fds: number[]): void {
+  private async addMemRegion(region: MemoryRegion, fds: number[]): Promise<void> {
     if (this.mapped.length >= MAX_MEM_SLOTS) {
       native.close(fds[0]);
       refuse(`all ${MAX_MEM_SLOTS} memory slots are in use`);
@@ -339,29 +338,31 @@ export class VhostBackend {
       refuse(`memory region at guest 0x${region.guestPhysAddr.toString(16)} overlaps another`);
     }
     this.mapped.push(r);
-    this.dataPlane.memoryChanged();
+    await this.publishMemory([]);
   }
 
-  private removeMemRegion(region: MemoryRegion): void {
+  private async removeMemRegion(region: MemoryRegion): Promise<void> {
     const r = this.mem.remove(region.guestPhysAddr, region.size);
     if (r === undefined) refuse(`no memory region at guest 0x${region.guestPhysAddr.toString(16)} of size ${region.size}`);
     this.mapped.splice(this.mapped.indexOf(r as MappedRegion), 1);
-    this.retire([r]);
-    this.dataPlane.memoryChanged();
+    await this.publishMemory([r]);
   }
 
-  private retired: MappedRegion[] = [];
-
-  /** Regions leave the table at once but are unmapped only when no I/O can still target them. */
-  private retire(regions: readonly object[]): void {
-    this.retired.push(...(regions as MappedRegion[]));
-    this.releaseRetiredRegions();
-  }
-
-  private releaseRetiredRegions(): void {
-    if (this.retired.length === 0 || this.dataPlane.inFlight() > 0) return;
-    for (const r of this.retired) unmapRegion(r);
-    this.retired = [];
+  /**
+   * Give every iothread the current table, then unmap what left it. The reply to
+   * the front-end waits for this (vhost-user: the table is in effect when acked),
+   * and the iothreads have detached their views of dropped regions by then. A
+   * request still in flight into a dropped region ends with EFAULT, not a crash.
+   */
+  private async publishMemory(dropped: readonly object[]): Promise<void> {
+    const table: RegionInfo[] = this.mem.list().map((r) => ({
+      guestPhysAddr: r.guestPhysAddr, size: r.size, userAddr: r.userAddr, hostAddr: r.hostAddr,
+    }));
+    try {
+      await this.dataPlane.setMemory(table);
+    } finally {
+      for (const r of dropped as MappedRegion[]) unmapRegion(r);
+    }
   }
 
   private async resetDevice(): Promise<void> {
@@ -375,6 +376,7 @@ export class VhostBackend {
     this.features = 0n;
     this.status = 0;
     this.device.reset();
+    this.dataPlane.setDeviceState(this.device.state());
   }
 
   /** The connection is gone: stop rings, unmap memory, close every fd. */
@@ -382,14 +384,14 @@ export class VhostBackend {
     if (this.torndown) return;
     this.torndown = true;
     await this.queue.catch(() => undefined);
-    await this.dataPlane.stopAll();
     for (const vr of this.vrings) {
+      if (vr.started) await this.dataPlane.stopRing(vr.index).catch((e: Error) => this.log.error('stopping ring failed', { queue: vr.index, error: e }));
       vr.started = false;
       vr.closeFds();
     }
-    this.retire(this.mem.clear());
+    const dropped = this.mem.clear();
     this.mapped.length = 0;
-    this.releaseRetiredRegions();
+    await this.publishMemory(dropped).catch((e: Error) => this.log.error('releasing guest memory failed', { error: e }));
     this.owned = false;
   }
 

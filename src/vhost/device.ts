@@ -1,6 +1,6 @@
 // What a device type (virtio-blk here) supplies to the device-independent
 // vhost-user back-end.
-import { QueueHandlerFactory } from '../dataplane/dataplane';
+import { DeviceState } from '../iothread/messages';
 
 export interface VhostDeviceModel {
   /** Most queues a front-end may use (GET_QUEUE_NUM). */
@@ -11,8 +11,8 @@ export interface VhostDeviceModel {
   readConfig(offset: number, size: number): Uint8Array;
   /** A front-end write to config space; false if the device refuses it. */
   writeConfig(offset: number, data: Uint8Array): boolean;
-  /** Per-queue request processing. */
-  readonly queueHandlers: QueueHandlerFactory;
   /** The front-end reset the device: forget guest-visible state (e.g. write cache mode). */
   reset(): void;
+  /** State the iothreads need that the front-end can change (after SET_CONFIG or a reset). */
+  state(): DeviceState;
 }

@@ -6,6 +6,7 @@ import {
 } from '../../protocol';
 import { BlkDevice } from '../../src/blk/device';
 import { BlkDisk } from '../../src/blk/disk';
+import { LocalDataPlane } from '../../src/iothread/local';
 import { native } from '../../src/native/addon';
 import { Endpoint } from '../../src/transport/endpoint';
 import { Logger, setLogSink } from '../../src/util/log';
@@ -50,8 +51,10 @@ describe('vhost-user back-end state machine', () => {
     lines = [];
     restore = setLogSink((l) => lines.push(l));
     ep = new FakeEndpoint();
-    const device = new BlkDevice({ disk, maxQueues: 2, writeback: true, engines: (_n, done) => new MemoryEngine(new Uint8Array(1), new Uint8Array(1), done) });
-    backend = new VhostBackend(ep as unknown as Endpoint, device, new Logger());
+    const device = new BlkDevice({ disk, maxQueues: 2, writeback: true });
+    const dataPlane = new LocalDataPlane({ type: 'blk', disk, writeback: true, aio: 'threads', lanes: 2 }, new Logger(),
+      () => (_n, done) => new MemoryEngine(new Uint8Array(1), new Uint8Array(1), done));
+    backend = new VhostBackend(ep as unknown as Endpoint, device, dataPlane, new Logger());
   });
   afterEach(async () => {
     await backend.teardown();

@@ -1,0 +1,29 @@
+// A data plane on the calling thread, driven through the same runtime as an
+// iothread worker. Used where a worker would only get in the way (unit tests).
+import { RingConfig } from '../dataplane/dataplane';
+import { Logger } from '../util/log';
+import { DataPlaneControl } from './control';
+import { EngineSelector } from './device-runtime';
+import { DeviceSpec, DeviceState, RegionInfo } from './messages';
+import { IothreadRuntime } from './runtime';
+
+export class LocalDataPlane implements DataPlaneControl {
+  private readonly runtime: IothreadRuntime;
+
+  constructor(spec: DeviceSpec, log: Logger, selectEngine?: EngineSelector) {
+    this.runtime = new IothreadRuntime(spec, log, selectEngine);
+  }
+
+  async setMemory(regions: RegionInfo[]): Promise<void> { await this.runtime.handle({ type: 'memory', regions }); }
+  async startRing(ring: RingConfig): Promise<string | undefined> {
+    return (await this.runtime.handle({ type: 'start', ring })) as string | undefined;
+  }
+  async stopRing(index: number): Promise<number | undefined> {
+    return (await this.runtime.handle({ type: 'stop', index })) as number | undefined;
+  }
+  setEnabled(index: number, on: boolean): void { void this.runtime.handle({ type: 'enable', index, on }); }
+  setCallFd(index: number, fd: number): void { void this.runtime.handle({ type: 'call-fd', index, fd }); }
+  setErrFd(index: number, fd: number): void { void this.runtime.handle({ type: 'err-fd', index, fd }); }
+  setDeviceState(state: DeviceState): void { void this.runtime.handle({ type: 'state', state }); }
+  shutdown(): Promise<void> { return this.runtime.shutdown(); }
+}

@@ -1,0 +1,86 @@
+// What runs on an iothread: its view of guest memory, the rings it owns and
+// the device runtime that handles their requests. The same class serves a
+// worker_thread (through worker-main.ts) and the in-thread data plane used in
+// unit tests, so both paths run identical code.
+import { DataPlane } from '../dataplane/dataplane';
+import { GuestMemory, GuestRegion } from '../memory/guest-memory';
+import { detachWindows, makeWindows } from '../memory/mapping';
+import { Logger } from '../util/log';
+import { DeviceRuntime, EngineSelector, createDeviceRuntime } from './device-runtime';
+import { DeviceSpec, IothreadRequest, RegionInfo } from './messages';
+
+const regionKey = (r: RegionInfo): string => `${r.guestPhysAddr}:${r.size}:${r.hostAddr}`;
+
+export class IothreadRuntime {
+  private readonly mem = new GuestMemory();
+  private readonly regions = new Map<string, GuestRegion>();
+  private readonly device: DeviceRuntime;
+  private readonly dataPlane: DataPlane;
+
+  constructor(spec: DeviceSpec, private readonly log: Logger, selectEngine?: EngineSelector) {
+    this.device = createDeviceRuntime(spec, log, selectEngine);
+    this.dataPlane = new DataPlane(this.mem, this.device.queueHandlers, log);
+  }
+
+  get engineName(): string { return this.device.engineName; }
+
+  /** Handle one request; the result is what the control plane waits for (if anything). */
+  async handle(req: IothreadRequest): Promise<string | number | undefined> {
+    switch (req.type) {
+      case 'memory':
+        this.setMemory(req.regions);
+        return undefined;
+      case 'start':
+        return this.dataPlane.startRing(req.ring);
+      case 'stop':
+        return this.dataPlane.stopRing(req.index);
+      case 'enable':
+        this.dataPlane.setEnabled(req.index, req.on);
+        return undefined;
+      case 'call-fd':
+        this.dataPlane.setCallFd(req.index, req.fd);
+        return undefined;
+      case 'err-fd':
+        this.dataPlane.setErrFd(req.index, req.fd);
+        return undefined;
+      case 'state':
+        this.device.setState(req.state);
+        return undefined;
+      case 'shutdown':
+        await this.shutdown();
+        return undefined;
+    }
+  }
+
+  /**
+   * Adopt a new memory table. Views of regions that left it are detached before
+   * we answer, so the control plane may unmap them as soon as every iothread has.
+   */
+  private setMemory(regions: RegionInfo[]): void {
+    const wanted = new Map(regions.map((r) => [regionKey(r), r]));
+    for (const [key, region] of this.regions) {
+      if (wanted.has(key)) continue;
+      this.mem.remove(region.guestPhysAddr, region.size);
+      detachWindows(region.windows);
+      this.regions.delete(key);
+    }
+    for (const [key, r] of wanted) {
+      if (this.regions.has(key)) continue;
+      const region: GuestRegion = { ...r, windows: makeWindows(r.hostAddr, r.size) };
+      if (!this.mem.add(region)) {
+        // The control plane validated the table; an overlap here is a bug, not guest input.
+        detachWindows(region.windows);
+        throw new Error(`iothread: region at 0x${r.guestPhysAddr.toString(16)} overlaps another`);
+      }
+      this.regions.set(key, region);
+    }
+    this.dataPlane.memoryChanged();
+  }
+
+  async shutdown(): Promise<void> {
+    await this.dataPlane.stopAll();
+    this.setMemory([]);
+    this.device.close();
+    this.log.debug('iothread stopped');
+  }
+}
