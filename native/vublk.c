@@ -587,6 +587,32 @@ static napi_value js_watch(napi_env env, napi_callback_info info) {
 // drops the handle. At env teardown the async cleanup hook waits for the last
 // request to land (the pool thread may still be writing into its slot).
 
+#include <linux/fs.h>  // BLKDISCARD, BLKZEROOUT
+#include <sys/ioctl.h>
+
+// Range operations (src/native/io-ops.ts). Shared with uring.c, which runs the
+// two ioctls through vublk_range_op on the pool as well (io_uring has no
+// portable opcode for them).
+enum { IO_PUNCH_HOLE = 3, IO_ZERO_RANGE = 4, IO_BLKDISCARD = 5, IO_BLKZEROOUT = 6 };
+int64_t vublk_range_op(int op, int fd, uint64_t offset, uint64_t length);
+
+// Blocking; runs on a pool thread. Returns 0 or -errno.
+int64_t vublk_range_op(int op, int fd, uint64_t offset, uint64_t length) {
+  int rc;
+  if (op == IO_PUNCH_HOLE || op == IO_ZERO_RANGE) {
+    // KEEP_SIZE: a discard or write-zeroes must never change the disk size.
+    int mode = FALLOC_FL_KEEP_SIZE | (op == IO_PUNCH_HOLE ? FALLOC_FL_PUNCH_HOLE : FALLOC_FL_ZERO_RANGE);
+    do rc = fallocate(fd, mode, (off_t)offset, (off_t)length);
+    while (rc < 0 && errno == EINTR);
+  } else {
+    uint64_t range[2] = {offset, length};
+    unsigned long req = op == IO_BLKDISCARD ? BLKDISCARD : BLKZEROOUT;
+    do rc = ioctl(fd, req, range);
+    while (rc < 0 && errno == EINTR);
+  }
+  return rc < 0 ? -errno : 0;
+}
+
 typedef struct io_engine io_engine;
 
 typedef struct {
@@ -598,6 +624,7 @@ typedef struct {
   int fd;
   int iovcnt;
   off_t offset;
+  uint64_t length;  // range operations only
   int64_t result;
   bool busy;
 } io_slot;
@@ -654,6 +681,10 @@ static void engine_release(io_engine *e) {
 static void io_work(uv_work_t *req) {
   io_slot *s = container_of(req, io_slot, req);
   ssize_t n;
+  if (s->op >= IO_PUNCH_HOLE) {
+    s->result = vublk_range_op(s->op, s->fd, (uint64_t)s->offset, s->length);
+    return;
+  }
   if (s->op == IO_FLUSH) {
     do n = fdatasync(s->fd);
     while (n < 0 && errno == EINTR);
@@ -812,24 +843,56 @@ static napi_value engine_destroyed(napi_env env, const char *fn) {
   return NULL;
 }
 
-static napi_value js_io_engine_submit(napi_env env, napi_callback_info info) {
-  ARGS(7);
+// Common head of both submit calls: the engine, a free slot and the fd.
+static io_slot *engine_slot_arg(napi_env env, napi_value *argv, const char *fn, int op_min,
+                                int op_max, io_engine **ep, int *op, int *fd) {
   io_engine *e;
-  double slot_d, op_d, offset = 0, count = 0;
-  int fd;
+  double slot_d, op_d;
   if (!unwrap_tagged(env, argv[0], &ENGINE_TAG, "IoEngineHandle", (void **)&e)) return NULL;
-  if (e->released) return engine_destroyed(env, "ioEngineSubmit");
+  if (e->released) return (engine_destroyed(env, fn), NULL);
   if (!arg_integer(env, argv[1], "slot", 0, e->nslots - 1, &slot_d)) return NULL;
-  if (!arg_integer(env, argv[2], "op", IO_READ, IO_FLUSH, &op_d)) return NULL;
-  if (!arg_fd(env, argv[3], &fd)) return NULL;
+  if (!arg_integer(env, argv[2], "op", op_min, op_max, &op_d)) return NULL;
+  if (!arg_fd(env, argv[3], fd)) return NULL;
   io_slot *s = &e->slots[(uint32_t)slot_d];
   if (s->busy) {
     char message[96];
-    snprintf(message, sizeof message, "ioEngineSubmit: slot %u is busy", s->index);
-    return throw_coded(env, "ioEngineSubmit", message, "EBUSY", EBUSY);
+    snprintf(message, sizeof message, "%s: slot %u is busy", fn, s->index);
+    return (throw_coded(env, fn, message, "EBUSY", EBUSY), NULL);
   }
+  *ep = e;
+  *op = (int)op_d;
+  return s;
+}
 
-  int op = (int)op_d;
+// Hands a filled-in slot to the pool.
+static napi_value engine_queue(napi_env env, io_engine *e, io_slot *s) {
+  if (!e->pinned) {
+    NAPI_OK(env, napi_reference_ref(env, e->self, NULL));
+    e->pinned = true;
+  }
+  s->result = 0;
+  int rc = uv_queue_work(e->loop, &s->req, io_work, io_after);
+  if (rc < 0) {
+    if (e->in_flight == 0) {
+      e->pinned = false;
+      napi_reference_unref(env, e->self, NULL);
+    }
+    return throw_errno(env, "uv_queue_work", -rc);
+  }
+  s->busy = true;
+  e->in_flight++;
+  e->owners++;
+  return make_undefined(env);
+}
+
+static napi_value js_io_engine_submit(napi_env env, napi_callback_info info) {
+  ARGS(7);
+  io_engine *e;
+  double offset = 0, count = 0;
+  int op, fd;
+  io_slot *s = engine_slot_arg(env, argv, "ioEngineSubmit", IO_READ, IO_FLUSH, &e, &op, &fd);
+  if (!s) return NULL;
+
   if (op != IO_FLUSH) {
     if (!arg_integer(env, argv[4], "offset", 0, TWO_POW_53, &offset)) return NULL;
     bool is_ta = false;
@@ -855,27 +918,30 @@ static napi_value js_io_engine_submit(napi_env env, napi_callback_info info) {
     }
   }
 
-  if (!e->pinned) {
-    NAPI_OK(env, napi_reference_ref(env, e->self, NULL));
-    e->pinned = true;
-  }
   s->op = op;
   s->fd = fd;
   s->offset = (off_t)offset;
   s->iovcnt = (int)count;
-  s->result = 0;
-  int rc = uv_queue_work(e->loop, &s->req, io_work, io_after);
-  if (rc < 0) {
-    if (e->in_flight == 0) {
-      e->pinned = false;
-      napi_reference_unref(env, e->self, NULL);
-    }
-    return throw_errno(env, "uv_queue_work", -rc);
-  }
-  s->busy = true;
-  e->in_flight++;
-  e->owners++;
-  return make_undefined(env);
+  return engine_queue(env, e, s);
+}
+
+static napi_value js_io_engine_submit_range(napi_env env, napi_callback_info info) {
+  ARGS(6);
+  io_engine *e;
+  double offset, length;
+  int op, fd;
+  io_slot *s =
+      engine_slot_arg(env, argv, "ioEngineSubmitRange", IO_PUNCH_HOLE, IO_BLKZEROOUT, &e, &op, &fd);
+  if (!s) return NULL;
+  if (!arg_integer(env, argv[4], "offset", 0, TWO_POW_53, &offset)) return NULL;
+  // Length 0 goes to the kernel as is (fallocate answers EINVAL).
+  if (!arg_integer(env, argv[5], "length", 0, TWO_POW_53, &length)) return NULL;
+  s->op = op;
+  s->fd = fd;
+  s->offset = (off_t)offset;
+  s->length = (uint64_t)length;
+  s->iovcnt = 0;
+  return engine_queue(env, e, s);
 }
 
 static napi_value js_io_engine_in_flight(napi_env env, napi_callback_info info) {
@@ -936,6 +1002,7 @@ NAPI_MODULE_INIT() {
       FN("watch", js_watch),
       FN("ioEngineCreate", js_io_engine_create),
       FN("ioEngineSubmit", js_io_engine_submit),
+      FN("ioEngineSubmitRange", js_io_engine_submit_range),
       FN("ioEngineInFlight", js_io_engine_in_flight),
       FN("ioEngineDestroy", js_io_engine_destroy),
   };

@@ -53,6 +53,17 @@ export class MessageReader {
     return this.header === undefined ? HEADER_SIZE - this.headerFill : this.header.size - this.bodyFill;
   }
 
+  /**
+   * Give up on the stream (the connection is closing): returns the fds held for
+   * a message that never completed, for the caller to close.
+   */
+  dispose(): number[] {
+    const fds = this.fds;
+    this.fds = [];
+    this.failed = true;
+    return fds;
+  }
+
   /** True between messages, i.e. EOF here is a clean close rather than a truncated message. */
   get idle(): boolean {
     return !this.failed && this.header === undefined && this.headerFill === 0 && this.fds.length === 0;

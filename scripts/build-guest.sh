@@ -3,7 +3,11 @@
 # busybox initramfs whose /init loads virtio-blk and runs a per-test /test.sh.
 #
 # Output (outside the repo, so it survives `git clean` and is shared by worktrees):
-#   ${VUBLK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vublk}/guest/{vmlinuz,initramfs.cpio.gz,stamp}
+#   ${VUBLK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vublk}/guest/{vmlinuz,initramfs.cpio.gz,fio.cpio,stamp}
+#
+# fio.cpio holds the host's fio with every library it loads. It is a separate,
+# uncompressed archive that tests append only when they run fio: its ~80 MB of
+# libraries would slow every other boot, and unpacking needs no gunzip under TCG.
 #
 # The stamp holds a hash of this script, so editing the script (e.g. /init below)
 # forces a rebuild while an unchanged second run returns at once.
@@ -20,7 +24,7 @@ log() { printf 'build-guest: %s\n' "$*"; }
 die() { printf 'build-guest: error: %s\n' "$*" >&2; exit 1; }
 
 stamp=$(sha256sum "$SELF" | cut -d' ' -f1)
-if [[ "${VUBLK_REBUILD:-0}" != 1 && -f $OUT/stamp && -f $OUT/vmlinuz && -f $OUT/initramfs.cpio.gz ]] &&
+if [[ "${VUBLK_REBUILD:-0}" != 1 && -f $OUT/stamp && -f $OUT/vmlinuz && -f $OUT/initramfs.cpio.gz && -f $OUT/fio.cpio ]] &&
    [[ $(head -n1 "$OUT/stamp") == "$stamp" ]]; then
   log "up to date: $OUT ($(sed -n 2p "$OUT/stamp"))"
   exit 0
@@ -156,6 +160,18 @@ sleep 5
 EOF
 chmod 755 "$ROOT/init"
 
+# fio and its shared-library closure, at the paths the dynamic loader looks in.
+FIO=$(command -v fio || true)
+[[ -n $FIO ]] || die "fio not found; run scripts/install-deps.sh"
+FIOROOT=$WORK/fioroot
+mkdir -p "$FIOROOT/usr/bin"
+cp "$FIO" "$FIOROOT/usr/bin/fio"
+ldd "$FIO" | awk '/=> \// { print $3 } /^[[:space:]]*\/[^ ]*ld-linux/ { print $1 }' | sort -u | while read -r lib; do
+  mkdir -p "$FIOROOT$(dirname "$lib")"
+  cp -L "$lib" "$FIOROOT$lib"
+done
+(cd "$FIOROOT" && find . -mindepth 1 | LC_ALL=C sort | "$BUSYBOX" cpio -o -H newc -R 0:0 2>/dev/null) >"$WORK/fio.cpio"
+
 mkdir -p "$OUT"
 (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | "$BUSYBOX" cpio -o -H newc -R 0:0 2>/dev/null) |
   gzip -n -6 >"$WORK/initramfs.cpio.gz"
@@ -166,5 +182,6 @@ cp "$kimage" "$WORK/vmlinuz"
 rm -f "$OUT/stamp"
 mv -f "$WORK/vmlinuz" "$OUT/vmlinuz"
 mv -f "$WORK/initramfs.cpio.gz" "$OUT/initramfs.cpio.gz"
+mv -f "$WORK/fio.cpio" "$OUT/fio.cpio"
 printf '%s\n%s %s\n' "$stamp" "$kpkg" "$kver" >"$OUT/stamp"
-log "built $OUT: kernel $kver, initramfs $(du -k "$OUT/initramfs.cpio.gz" | cut -f1) KiB"
+log "built $OUT: kernel $kver, initramfs $(du -k "$OUT/initramfs.cpio.gz" | cut -f1) KiB, fio archive $(du -k "$OUT/fio.cpio" | cut -f1) KiB"

@@ -20,6 +20,11 @@ export const VIRTIO_BLK_T_GET_LIFETIME = 10;
 export const VIRTIO_BLK_T_DISCARD = 11;
 export const VIRTIO_BLK_T_WRITE_ZEROES = 13;
 
+/** Flag bit 0 of a discard / write-zeroes segment; the other 31 bits are reserved. */
+export const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
+/** struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags. */
+export const DWZ_SEGMENT_SIZE = 16;
+
 export const VIRTIO_BLK_S_OK = 0;
 export const VIRTIO_BLK_S_IOERR = 1;
 export const VIRTIO_BLK_S_UNSUPP = 2;

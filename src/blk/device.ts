@@ -1,6 +1,7 @@
 // A virtio-blk device as the control plane sees it: features and config space
 // for one disk. Requests are handled on iothreads (blk/request.ts). Transport-
 // independent: the vhost-user back-end drives it through these methods.
+import { VIRTIO_BLK_F_FLUSH } from './constants';
 import { blkFeatures, encodeBlkConfig, writeBlkConfig } from './config';
 import { BlkCacheState, BlkDisk } from './disk';
 
@@ -39,6 +40,16 @@ export class BlkDevice {
 
   reset(): void {
     this.cache.writeback = this.o.writeback;
+  }
+
+  /**
+   * virtio 1.2 §5.2.5: without CONFIG_WCE the cache is write-back exactly when
+   * FLUSH was negotiated, and with CONFIG_WCE but no FLUSH it starts write-through.
+   * A driver that cannot flush must never be left with a volatile cache.
+   */
+  negotiated(features: bigint): void {
+    const flush = (features & (1n << BigInt(VIRTIO_BLK_F_FLUSH))) !== 0n;
+    this.cache.writeback = this.o.writeback && flush;
   }
 
   state(): BlkCacheState {

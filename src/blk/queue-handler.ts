@@ -1,10 +1,11 @@
-// Glue: a virtio-blk request handler plus its storage engine for one queue.
-import { EngineFactory } from '../storage/engine';
+// Glue: a virtio-blk request handler for one queue, on a lane of its
+// iothread's shared storage engine.
+import { GuestMemory } from '../memory/guest-memory';
+import { EngineHub } from '../storage/engine-hub';
 import { Logger } from '../util/log';
 import { SplitQueue } from '../virtq/split';
-import { GuestMemory } from '../memory/guest-memory';
-import { BlkQueue, BlkQueueStats } from './request';
 import { BlkCacheState, BlkDisk } from './disk';
+import { BlkQueue, BlkQueueStats } from './request';
 
 export interface BlkQueueContext {
   queue: SplitQueue;
@@ -20,17 +21,17 @@ export interface BlkQueueHandler {
   readonly stats: BlkQueueStats;
 }
 
-export function createBlkQueueHandler(ctx: BlkQueueContext, disk: BlkDisk, cache: BlkCacheState,
-                                      makeEngine: EngineFactory): BlkQueueHandler {
-  let blk: BlkQueue | undefined;
-  // One engine slot per descriptor head: a head is never in flight twice.
-  const engine = makeEngine(ctx.queue.size, (slot, result) => blk!.ioComplete(slot, result));
-  blk = new BlkQueue({ queue: ctx.queue, mem: ctx.mem, disk, cache, engine, slotBase: 0, onCompleted: ctx.onCompleted, log: ctx.log });
-  const q = blk;
+export function createBlkQueueHandler(ctx: BlkQueueContext, disk: BlkDisk, cache: BlkCacheState, hub: EngineHub): BlkQueueHandler {
+  // The lane's sink forwards to the queue, which needs the lane's first slot to exist.
+  const sink = { blk: undefined as BlkQueue | undefined, ioComplete(head: number, result: number) { this.blk!.ioComplete(head, result); } };
+  const slotBase = hub.attach(sink, ctx.queue.size);
+  const blk = new BlkQueue({ queue: ctx.queue, mem: ctx.mem, disk, cache, engine: hub.engine, slotBase, onCompleted: ctx.onCompleted, log: ctx.log });
+  sink.blk = blk;
   return {
-    handle: (head) => q.handle(head),
-    endBatch: () => q.endBatch(),
-    close: () => engine.close(),
-    stats: q.stats,
+    handle: (head) => blk.handle(head),
+    endBatch: () => blk.endBatch(),
+    // Only called with nothing in flight; the bounce area must outlive every request.
+    close: () => { hub.detach(slotBase); blk.close(); },
+    stats: blk.stats,
   };
 }

@@ -5,7 +5,8 @@ export interface ServeOptions {
   imagePath: string | undefined;
   numQueues: number;
   readOnly: boolean;
-  logicalBlockSize: number;
+  /** Guest-visible block size; undefined: the device's own (512 for files). */
+  logicalBlockSize: number | undefined;
   serial: string;
   /** Volatile write cache offered to the guest (FLUSH makes writes durable). */
   writeback: boolean;
@@ -68,7 +69,7 @@ function pairs(flag: string, v: string): Array<[number, number[]]> {
 export function parseServeArgs(argv: string[]): ServeOptions {
   const o: ServeOptions = {
     socketPath: DEFAULT_SOCKET, imagePath: undefined, numQueues: DEFAULT_NUM_QUEUES, readOnly: false,
-    logicalBlockSize: 512, serial: DEFAULT_SERIAL, writeback: true, direct: false,
+    logicalBlockSize: undefined, serial: DEFAULT_SERIAL, writeback: true, direct: false,
     iothreads: 1, queueMap: undefined, iothreadCpus: [], aio: 'auto', pollMaxNs: DEFAULT_POLL_MAX_NS,
   };
   let queueMapArg: Array<[number, number[]]> | undefined;

@@ -113,10 +113,12 @@ export class BlkExport {
       protocolError: (err) => log.error('protocol error', { kind: err.kind, reason: err.message }),
       closed: (reason) => {
         log.info('front-end disconnected', { reason });
-        void backend.teardown().then(() => {
-          if (this.session?.endpoint === endpoint) this.session = undefined;
-          resolveClosed();
-        });
+        void backend.teardown()
+          .catch((e: Error) => log.error('teardown failed', { error: e }))
+          .then(() => {
+            if (this.session?.endpoint === endpoint) this.session = undefined;
+            resolveClosed();
+          });
       },
     });
     const backend = new VhostBackend(endpoint, this.device, this.pool!, log);

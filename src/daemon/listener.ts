@@ -2,6 +2,7 @@
 // stale socket left by a crashed run, and removal on close.
 import * as fs from 'node:fs';
 import { POLL_READABLE, Watcher, native } from '../native/addon';
+import { log } from '../util/log';
 
 export interface ListenerOptions {
   path: string;
@@ -21,7 +22,12 @@ export class UnixListener {
     }
     fs.chmodSync(o.path, o.mode ?? 0o600);
     this.watcher = native.watch(this.fd, POLL_READABLE, () => {
-      for (let fd = native.accept(this.fd); fd >= 0; fd = native.accept(this.fd)) onConnection(fd);
+      try {
+        for (let fd = native.accept(this.fd); fd >= 0; fd = native.accept(this.fd)) onConnection(fd);
+      } catch (e) {
+        // EMFILE and friends: the pending connection stays queued; nothing else is affected.
+        log.error('accept failed', { socket: o.path, error: e as Error });
+      }
     });
   }
 

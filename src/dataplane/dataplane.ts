@@ -86,14 +86,14 @@ export class DataPlane {
   }
 
   setEnabled(index: number, on: boolean): void { this.running.get(index)?.runner.setEnabled(on); }
+  setKickFd(index: number, fd: number): void { this.running.get(index)?.runner.setKickFd(fd); }
   setCallFd(index: number, fd: number): void { this.running.get(index)?.runner.setCallFd(fd); }
   setErrFd(index: number, fd: number): void { this.running.get(index)?.runner.setErrFd(fd); }
 
-  /** Requests in flight over all running queues. */
-  inFlight(): number {
-    let n = 0;
-    for (const r of this.running.values()) n += r.runner.queue.inFlight;
-    return n;
+  /** Resolves once every request in flight now (on any ring) has completed. */
+  whenInFlightDone(): Promise<void> {
+    return Promise.all([...this.running.values()].map((r) => new Promise<void>((done) => r.runner.queue.whenInFlightDone(done))))
+      .then(() => undefined);
   }
 
   /** The memory table changed: rebuild ring views; a ring whose memory vanished is stopped as broken. */

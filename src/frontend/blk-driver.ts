@@ -132,11 +132,12 @@ export class BlkFrontend {
         const callFd = native.eventfd(0);
         fds.push(callFd);
         const layout = allocateRing(queueSize, ram.allocator);
-        const ring = new DriverQueue(ram.buffer, layout, {
-          eventIdx, allocator: ram.allocator, notify: () => native.eventfdWrite(kickFd, 1),
+        // The kick fd may be replaced later (replaceKickFd), so notify reads it from the queue.
+        const ring: DriverQueue = new DriverQueue(ram.buffer, layout, {
+          eventIdx, allocator: ram.allocator, notify: () => native.eventfdWrite(q.kickFd, 1),
         });
         ring.clearRings();
-        const q = new RequestQueue(i, ring, ram, kickFd, callFd);
+        const q: RequestQueue = new RequestQueue(i, ring, ram, kickFd, callFd);
         queues.push(q);
         await client.setVringNum(i, queueSize);
         await client.setVringBase(i, 0);
@@ -211,6 +212,21 @@ export class BlkFrontend {
     const bases: number[] = [];
     for (let i = 0; i < this.queues.length; i++) bases.push(await this.client.getVringBase(i));
     return bases;
+  }
+
+  /** Give a running queue a new kick eventfd (SET_VRING_KICK while started), as QEMU may. */
+  async replaceKickFd(queue: number): Promise<void> {
+    const q = this.queue(queue);
+    const fresh = native.eventfd(0);
+    try {
+      await this.client.setVringKick(queue, fresh);
+    } catch (e) {
+      native.close(fresh);
+      throw e;
+    }
+    const old = q.kickFd;
+    q.kickFd = fresh;
+    native.close(old);
   }
 
   /** Hang up and release everything; outstanding requests are rejected. */

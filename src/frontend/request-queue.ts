@@ -50,7 +50,7 @@ export class RequestQueue {
   completed = 0;
 
   constructor(readonly index: number, readonly ring: DriverQueue, private readonly ram: GuestRam,
-              readonly kickFd: number, readonly callFd: number) {}
+              public kickFd: number, readonly callFd: number) {}
 
   /** Ask for interrupts and start reaping on the call eventfd. */
   start(): void {

@@ -12,7 +12,10 @@ export interface DataPlaneControl {
   /** Stop a ring once its in-flight requests are completed and published; resolves to the next avail index. */
   stopRing(index: number): Promise<number | undefined>;
   setEnabled(index: number, on: boolean): void;
-  setCallFd(index: number, fd: number): void;
-  setErrFd(index: number, fd: number): void;
+  /** Swap the kick fd of a running ring; resolves once the old one is no longer watched. */
+  setKickFd(index: number, fd: number): Promise<void>;
+  /** Swap the call / error fd of a running ring; resolves once the old one is no longer used. */
+  setCallFd(index: number, fd: number): Promise<void>;
+  setErrFd(index: number, fd: number): Promise<void>;
   setDeviceState(state: DeviceState): void;
 }

@@ -1,12 +1,13 @@
 // Builds the device-specific part of an iothread from a plain, cloneable spec:
 // its storage engine and the factory for per-queue request handlers.
-import { BlkQueue } from '../blk/request';
+import { createBlkQueueHandler } from '../blk/queue-handler';
 import { BlkCacheState } from '../blk/disk';
-import { QueueContext, QueueHandler, QueueHandlerFactory } from '../dataplane/dataplane';
+import { QueueHandlerFactory } from '../dataplane/dataplane';
 import { EngineFactory } from '../storage/engine';
 import { EngineHub } from '../storage/engine-hub';
-import { threadPoolEngineFactory } from '../storage/threadpool';
+import { selectEngine } from '../storage/select';
 import { Logger } from '../util/log';
+import { MAX_QUEUE_SIZE } from '../virtq/split';
 import { DeviceSpec, DeviceState } from './messages';
 
 export interface DeviceRuntime {
@@ -19,24 +20,14 @@ export interface DeviceRuntime {
 /** How an iothread gets its engine factory; tests substitute in-memory engines. */
 export type EngineSelector = (spec: DeviceSpec, log: Logger) => EngineFactory;
 
-export const defaultEngineSelector: EngineSelector = () => threadPoolEngineFactory;
+export const defaultEngineSelector: EngineSelector = (spec, log) => selectEngine(spec.aio, log);
 
 export function createDeviceRuntime(spec: DeviceSpec, log: Logger, selectEngine: EngineSelector = defaultEngineSelector): DeviceRuntime {
-  const hub = new EngineHub(selectEngine(spec, log), spec.lanes);
+  // Room for every queue this iothread owns at the largest queue size, within the engine's limit.
+  const hub = new EngineHub(selectEngine(spec, log), spec.lanes * MAX_QUEUE_SIZE);
   const cache: BlkCacheState = { writeback: spec.writeback };
-  // One lane of the shared engine per started queue; the lane is released when the queue stops.
-  const blkQueue = (ctx: QueueContext): QueueHandler => {
-    const sink = { blk: undefined as BlkQueue | undefined, ioComplete(head: number, result: number) { this.blk!.ioComplete(head, result); } };
-    const slotBase = hub.attach(sink);
-    const blk = new BlkQueue({
-      queue: ctx.queue, mem: ctx.mem, disk: spec.disk, cache, engine: hub.engine, slotBase,
-      onCompleted: ctx.onCompleted, log: ctx.log,
-    });
-    sink.blk = blk;
-    return { handle: (head) => blk.handle(head), endBatch: () => blk.endBatch(), close: () => hub.detach(slotBase) };
-  };
   return {
-    queueHandlers: blkQueue,
+    queueHandlers: (ctx) => createBlkQueueHandler(ctx, spec.disk, cache, hub),
     engineName: hub.engine.name,
     setState: (state) => { cache.writeback = state.writeback; },
     close: () => hub.close(),

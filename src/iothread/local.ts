@@ -22,8 +22,9 @@ export class LocalDataPlane implements DataPlaneControl {
     return (await this.runtime.handle({ type: 'stop', index })) as number | undefined;
   }
   setEnabled(index: number, on: boolean): void { void this.runtime.handle({ type: 'enable', index, on }); }
-  setCallFd(index: number, fd: number): void { void this.runtime.handle({ type: 'call-fd', index, fd }); }
-  setErrFd(index: number, fd: number): void { void this.runtime.handle({ type: 'err-fd', index, fd }); }
+  async setKickFd(index: number, fd: number): Promise<void> { await this.runtime.handle({ type: 'kick-fd', index, fd }); }
+  async setCallFd(index: number, fd: number): Promise<void> { await this.runtime.handle({ type: 'call-fd', index, fd }); }
+  async setErrFd(index: number, fd: number): Promise<void> { await this.runtime.handle({ type: 'err-fd', index, fd }); }
   setDeviceState(state: DeviceState): void { void this.runtime.handle({ type: 'state', state }); }
   shutdown(): Promise<void> { return this.runtime.shutdown(); }
 }

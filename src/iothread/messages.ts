@@ -35,6 +35,7 @@ export type IothreadRequest =
   | { type: 'start'; ring: RingConfig }
   | { type: 'stop'; index: number }
   | { type: 'enable'; index: number; on: boolean }
+  | { type: 'kick-fd'; index: number; fd: number }
   | { type: 'call-fd'; index: number; fd: number }
   | { type: 'err-fd'; index: number; fd: number }
   | { type: 'state'; state: DeviceState }

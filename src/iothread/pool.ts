@@ -119,8 +119,11 @@ export class IothreadPool implements DataPlaneControl {
   }
 
   setEnabled(index: number, on: boolean): void { this.post(this.owner(index), { type: 'enable', index, on }); }
-  setCallFd(index: number, fd: number): void { this.post(this.owner(index), { type: 'call-fd', index, fd }); }
-  setErrFd(index: number, fd: number): void { this.post(this.owner(index), { type: 'err-fd', index, fd }); }
+  async setKickFd(index: number, fd: number): Promise<void> {
+    await this.request(this.owner(index), { type: 'kick-fd', index, fd });
+  }
+  async setCallFd(index: number, fd: number): Promise<void> { await this.request(this.owner(index), { type: 'call-fd', index, fd }); }
+  async setErrFd(index: number, fd: number): Promise<void> { await this.request(this.owner(index), { type: 'err-fd', index, fd }); }
   setDeviceState(state: DeviceState): void {
     for (const t of this.threads) this.post(t, { type: 'state', state });
   }

@@ -28,7 +28,7 @@ export class IothreadRuntime {
   async handle(req: IothreadRequest): Promise<string | number | undefined> {
     switch (req.type) {
       case 'memory':
-        this.setMemory(req.regions);
+        await this.setMemory(req.regions);
         return undefined;
       case 'start':
         return this.dataPlane.startRing(req.ring);
@@ -36,6 +36,9 @@ export class IothreadRuntime {
         return this.dataPlane.stopRing(req.index);
       case 'enable':
         this.dataPlane.setEnabled(req.index, req.on);
+        return undefined;
+      case 'kick-fd':
+        this.dataPlane.setKickFd(req.index, req.fd);
         return undefined;
       case 'call-fd':
         this.dataPlane.setCallFd(req.index, req.fd);
@@ -53,16 +56,19 @@ export class IothreadRuntime {
   }
 
   /**
-   * Adopt a new memory table. Views of regions that left it are detached before
-   * we answer, so the control plane may unmap them as soon as every iothread has.
+   * Adopt a new memory table. We answer only once nothing here can touch a
+   * region that left it: requests in flight at the change may still be doing
+   * I/O into it (the control plane unmaps it after our answer, and the address
+   * range could be mapped again for new memory), so wait for them, then detach.
    */
-  private setMemory(regions: RegionInfo[]): void {
+  private async setMemory(regions: RegionInfo[]): Promise<void> {
     const wanted = new Map(regions.map((r) => [regionKey(r), r]));
+    const dropped: GuestRegion[] = [];
     for (const [key, region] of this.regions) {
       if (wanted.has(key)) continue;
       this.mem.remove(region.guestPhysAddr, region.size);
-      detachWindows(region.windows);
       this.regions.delete(key);
+      dropped.push(region);
     }
     for (const [key, r] of wanted) {
       if (this.regions.has(key)) continue;
@@ -75,11 +81,14 @@ export class IothreadRuntime {
       this.regions.set(key, region);
     }
     this.dataPlane.memoryChanged();
+    if (dropped.length === 0) return;
+    await this.dataPlane.whenInFlightDone();
+    for (const region of dropped) detachWindows(region.windows);
   }
 
   async shutdown(): Promise<void> {
     await this.dataPlane.stopAll();
-    this.setMemory([]);
+    await this.setMemory([]);
     this.device.close();
     this.log.debug('iothread stopped');
   }

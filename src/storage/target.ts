@@ -144,6 +144,9 @@ function openBlockDevice(path: string, o: OpenTargetOptions, st: fs.BigIntStats)
   const fd = openChecked(path, (o.readOnly ? O_RDONLY : O_RDWR) | O_EXCL, o, st);
   try {
     const info = native.blockDeviceInfo(fd);
+    // Older kernels refuse the read-write open (EACCES, handled in openChecked); newer
+    // ones allow it and fail every write with EPERM.
+    if (info.readOnly && !o.readOnly) throw readOnlyDevice(path);
     const queue = sysfsQueueDir(info.major, info.minor);
     const deviceLbs = info.logicalBlockSize;
     if (o.logicalBlockSize !== undefined && o.logicalBlockSize < deviceLbs) {
@@ -216,7 +219,7 @@ function openChecked(path: string, flags: number, o: OpenTargetOptions, st: fs.B
       throw new TargetError(`${path}: block device is busy (EBUSY): another export, a mount, or device-mapper/md holds it exclusively`, 'EBUSY');
     }
     if (block && !o.readOnly && (code === 'EACCES' || code === 'EROFS') && blockDeviceIsReadOnly(path)) {
-      throw new TargetError(`${path}: block device is read-only; export it with --readonly`, 'EROFS');
+      throw readOnlyDevice(path);
     }
     throw errnoError(path, e);
   }
@@ -229,6 +232,10 @@ function openChecked(path: string, flags: number, o: OpenTargetOptions, st: fs.B
     throw e;
   }
   return fd;
+}
+
+function readOnlyDevice(path: string): TargetError {
+  return new TargetError(`${path}: block device is read-only; export it with --readonly`, 'EROFS');
 }
 
 /** After open(O_DIRECT) failed with EINVAL: does the same open without O_DIRECT work? */

@@ -118,6 +118,7 @@ export class Endpoint {
     this.isClosed = true;
     this.watcher?.stop();
     this.watcher = undefined;
+    for (const fd of this.reader.dispose()) native.close(fd);
     native.close(this.fd);
     this.events.closed(reason);
   }

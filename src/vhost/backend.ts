@@ -19,6 +19,16 @@ import { MAX_QUEUE_SIZE } from '../virtq/split';
 import { VhostDeviceModel } from './device';
 import { VringState } from './vring';
 
+const PAGE_SIZE = 4096;
+
+function isEventFd(fd: number): boolean {
+  try {
+    return fs.readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[eventfd]';
+  } catch {
+    return false;
+  }
+}
+
 /** Memory slots offered with CONFIGURE_MEM_SLOTS (each is one mapping). */
 export const MAX_MEM_SLOTS = 32;
 
@@ -126,7 +136,8 @@ export class VhostBackend {
         const unknown = value & ~this.offeredFeatures;
         if (unknown !== 0n) refuse(`features 0x${unknown.toString(16)} were never offered`);
         this.features = value;
-        // Without protocol features, rings are enabled as soon as they start (vhost-user spec, "Ring states").
+        this.device.negotiated(value);
+        this.dataPlane.setDeviceState(this.device.state());
         return NO_REPLY;
       }
       case R.GET_PROTOCOL_FEATURES:
@@ -189,14 +200,17 @@ export class VhostBackend {
         return NO_REPLY;
       case R.SET_VRING_CALL: {
         const vr = this.vringFdTarget(p as { index: number; noFd: boolean }, msg.fds);
-        vr.callFd = VringState.swapFd(vr.callFd, this.fdOf(p as { noFd: boolean }, msg.fds));
-        this.dataPlane.setCallFd(vr.index, vr.callFd);
+        const fd = this.fdOf(p as { noFd: boolean }, msg.fds);
+        // The old fd is closed only once the iothread stopped using it.
+        if (vr.started) await this.dataPlane.setCallFd(vr.index, fd);
+        vr.callFd = VringState.swapFd(vr.callFd, fd);
         return NO_REPLY;
       }
       case R.SET_VRING_ERR: {
         const vr = this.vringFdTarget(p as { index: number; noFd: boolean }, msg.fds);
-        vr.errFd = VringState.swapFd(vr.errFd, this.fdOf(p as { noFd: boolean }, msg.fds));
-        this.dataPlane.setErrFd(vr.index, vr.errFd);
+        const fd = this.fdOf(p as { noFd: boolean }, msg.fds);
+        if (vr.started) await this.dataPlane.setErrFd(vr.index, fd);
+        vr.errFd = VringState.swapFd(vr.errFd, fd);
         return NO_REPLY;
       }
       case R.SET_VRING_ENABLE: {
@@ -231,10 +245,19 @@ export class VhostBackend {
     }
   }
 
-  /** The vring of a KICK/CALL/ERR message; an out-of-range index must still not leak the fd. */
+  /**
+   * The vring of a KICK/CALL/ERR message, after checking its fd: it must be an
+   * eventfd (anything else fails on first use, on an iothread). A refused
+   * message must not leak the fd.
+   */
   private vringFdTarget(p: { index: number }, fds: number[]): VringState {
-    if (!(p.index >= 0 && p.index < this.vrings.length)) for (const fd of fds) native.close(fd);
-    return this.vring(p.index);
+    const bad = !(p.index >= 0 && p.index < this.vrings.length) ? `queue index ${p.index} out of range (${this.vrings.length} queues)`
+      : fds.length > 0 && !isEventFd(fds[0]) ? 'the fd is not an eventfd' : undefined;
+    if (bad !== undefined) {
+      for (const fd of fds) native.close(fd);
+      refuse(bad);
+    }
+    return this.vrings[p.index];
   }
 
   /** The fd a KICK/CALL/ERR message carries, or -1 for "no fd" (the codec checked they agree). */
@@ -257,8 +280,14 @@ export class VhostBackend {
 
   private async setVringKick(k: { index: number; noFd: boolean }, fds: number[]): Promise<void> {
     const vr = this.vringFdTarget(k, fds);
-    vr.kickFd = VringState.swapFd(vr.kickFd, this.fdOf(k, fds));
-    if (vr.started) return;
+    // Without a kick fd the back-end would have to poll the ring; not offered.
+    if (k.noFd) refuse(`queue ${k.index}: polling mode (kick without fd) is not supported`);
+    if (vr.started) {
+      await this.dataPlane.setKickFd(vr.index, fds[0]);
+      vr.kickFd = VringState.swapFd(vr.kickFd, fds[0]);
+      return;
+    }
+    vr.kickFd = VringState.swapFd(vr.kickFd, fds[0]);
     if (vr.size === 0 || !vr.addressed) refuse(`queue ${k.index}: kick before size and addresses`);
     // Without protocol features a ring is enabled when it starts; with them it waits for SET_VRING_ENABLE.
     if (!hasBit(this.features, VHOST_USER_F_PROTOCOL_FEATURES)) vr.enabled = true;
@@ -286,6 +315,12 @@ export class VhostBackend {
   private mapOne(region: MemoryRegion, fd: number): MappedRegion {
     try {
       if (region.size === 0) refuse('memory region of size 0');
+      // QEMU only sends page-aligned regions; ring views rely on the alignment
+      // of a region's start carrying over to addresses inside it.
+      for (const [name, v] of [['guest address', region.guestPhysAddr], ['user address', region.userAddr],
+        ['mmap offset', region.mmapOffset], ['size', region.size]] as const) {
+        if (v % PAGE_SIZE !== 0) refuse(`memory region ${name} 0x${v.toString(16)} is not page-aligned`);
+      }
       // Touching a mapping beyond the end of its file raises SIGBUS and would kill
       // the server, so a region must lie within its fd.
       const st = fs.fstatSync(fd);

@@ -11,6 +11,8 @@ export interface VhostDeviceModel {
   readConfig(offset: number, size: number): Uint8Array;
   /** A front-end write to config space; false if the device refuses it. */
   writeConfig(offset: number, data: Uint8Array): boolean;
+  /** The driver's features are known (SET_FEATURES); some device state depends on them. */
+  negotiated(features: bigint): void;
   /** The front-end reset the device: forget guest-visible state (e.g. write cache mode). */
   reset(): void;
   /** State the iothreads need that the front-end can change (after SET_CONFIG or a reset). */

@@ -98,6 +98,10 @@ export class SplitQueue {
   private signalledUsed = 0;
   /** Requests taken from the ring and not yet returned. */
   inFlight = 0;
+  /** 1 for each head taken and not yet returned: a driver may not offer it again meanwhile (virtio 2.7.13). */
+  private readonly headInFlight: Uint8Array;
+  /** Callers waiting for the requests that were in flight when they asked (see whenInFlightDone). */
+  private waiters: Array<{ heads: Uint8Array; count: number; done: () => void }> = [];
   /** The guest broke the ring's rules; it stays stopped until reset. */
   broken = false;
   brokenReason = '';
@@ -110,6 +114,7 @@ export class SplitQueue {
     this.indirect = features.indirect;
     this.lastAvail = baseIdx & 0xffff;
     this.shadowAvail = this.lastAvail;
+    this.headInFlight = new Uint8Array(layout.size);
     const why = this.remap();
     if (why !== undefined) throw new RangeError(why);
     this.usedIdx = Atomics.load(this.used16, 1);
@@ -122,12 +127,20 @@ export class SplitQueue {
     const l = this.layout;
     const why = checkRingLayout(mem, l);
     if (why !== undefined) return why;
+    // Build every view before replacing any, so a failure leaves the old ones whole.
     mem.access(l.descAddr, DESC_SIZE * l.size);
-    this.desc = mem.view;
-    this.descOff = mem.offset;
+    const desc = mem.view;
+    const descOff = mem.offset;
     mem.access(l.availAddr, 6 + 2 * l.size);
-    this.avail = new Uint16Array(mem.buffer, mem.offset, 3 + l.size);
+    const availBuffer = mem.buffer;
+    const availOff = mem.offset;
     mem.access(l.usedAddr, 6 + 8 * l.size);
+    // Ring addresses are aligned (checked above); a window offset keeps that
+    // alignment only if the region itself starts aligned, which the control plane requires.
+    if (availOff % 2 !== 0 || mem.offset % 4 !== 0) return 'ring misaligned within its memory region';
+    this.desc = desc;
+    this.descOff = descOff;
+    this.avail = new Uint16Array(availBuffer, availOff, 3 + l.size);
     this.used16 = new Uint16Array(mem.buffer, mem.offset, 3 + 4 * l.size);
     this.used32 = new Uint32Array(mem.buffer, mem.offset + 4, 2 * l.size);
     return undefined;
@@ -154,9 +167,38 @@ export class SplitQueue {
       return -1;
     }
     const head = this.avail[2 + (this.lastAvail & this.mask)];
+    // A head we cannot return (out of range) or one already in flight would make
+    // two requests share per-head state; the ring is unusable until reset.
+    if (head >= this.size) {
+      this.markBroken(`head ${head} out of range (queue size ${this.size})`);
+      return -1;
+    }
+    if (this.headInFlight[head] !== 0) {
+      this.markBroken(`head ${head} made available again while in flight`);
+      return -1;
+    }
+    this.headInFlight[head] = 1;
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
     this.inFlight++;
     return head;
+  }
+
+  /** Call `done` once every request in flight now has been returned (at once if none is). */
+  whenInFlightDone(done: () => void): void {
+    if (this.inFlight === 0) return done();
+    this.waiters.push({ heads: this.headInFlight.slice(), count: this.inFlight, done });
+  }
+
+  private returned(head: number): void {
+    this.headInFlight[head] = 0;
+    this.inFlight--;
+    if (this.waiters.length === 0) return;
+    for (const w of this.waiters) {
+      if (w.heads[head] === 0) continue;
+      w.heads[head] = 0;
+      if (--w.count === 0) w.done();
+    }
+    this.waiters = this.waiters.filter((w) => w.count > 0);
   }
 
   /**
@@ -218,16 +260,13 @@ export class SplitQueue {
 
   /** Put a used element; it becomes visible to the guest at publish(). */
   push(head: number, writtenLen: number): void {
-    if (this.broken) {
-      // The ring may no longer be mapped; the guest must reset the device anyway.
-      this.inFlight--;
-      return;
-    }
+    this.returned(head);
+    // A broken ring may no longer be mapped; the guest must reset the device anyway.
+    if (this.broken) return;
     const i = (this.usedIdx & this.mask) * 2;
     this.used32[i] = head;
     this.used32[i + 1] = writtenLen;
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
-    this.inFlight--;
   }
 
   /** Make pushed elements visible and say whether the guest wants an interrupt for them. */

@@ -11,17 +11,29 @@ export interface FakeGuest {
   view: DataView;
 }
 
-/** One region of `size` bytes at guest physical `gpa` (default 0). */
-export function fakeGuest(size: number, gpa = 0): FakeGuest {
+/**
+ * `size` bytes of guest memory at guest physical `gpa` (default 0): one region, or two
+ * adjacent ones when `splitAt` (an offset into the memory) is given, so that buffers
+ * can straddle a region boundary. Both regions share one buffer, and host addresses
+ * stay FAKE_HOST_BASE + guest offset. Rings and anything else viewed through `buffer`
+ * must lie in the first region.
+ */
+export function fakeGuest(size: number, gpa = 0, splitAt?: number): FakeGuest {
   const buffer = new ArrayBuffer(size);
   const bytes = new Uint8Array(buffer);
   const view = new DataView(buffer);
-  const region: GuestRegion = {
-    guestPhysAddr: gpa, size, userAddr: 0x10000000 + gpa, hostAddr: FAKE_HOST_BASE + gpa,
-    windows: [{ buffer, bytes, view }],
-  };
   const mem = new GuestMemory();
-  mem.add(region);
+  const cuts = splitAt === undefined ? [[0, size]] : [[0, splitAt], [splitAt, size - splitAt]];
+  for (const [start, len] of cuts) {
+    const region: GuestRegion = {
+      guestPhysAddr: gpa + start, size: len, userAddr: 0x10000000 + gpa + start, hostAddr: FAKE_HOST_BASE + gpa + start,
+      // `buffer` must start where the window starts (views are built at buffer + offset);
+      // the second region cannot have that over a shared buffer, so it gets an empty one:
+      // building a view there throws instead of aliasing. Keep rings in the first region.
+      windows: [{ buffer: start === 0 ? buffer : new ArrayBuffer(0), bytes: new Uint8Array(buffer, start, len), view: new DataView(buffer, start, len) }],
+    };
+    mem.add(region);
+  }
   return { mem, bytes, view };
 }
 

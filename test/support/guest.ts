@@ -24,6 +24,8 @@ export interface GuestOptions {
   disks: GuestDisk[];
   /** Body of /test.sh, run by busybox sh; its exit status becomes GuestResult.exitStatus. */
   script: string;
+  /** Include fio (and the libraries it needs) in the guest; needs more guest memory (512 MiB). */
+  fio?: boolean;
   /** Extra files for the guest, keyed by absolute or root-relative path. */
   files?: Record<string, string | Buffer>;
   cpus?: number;
@@ -77,15 +79,15 @@ export function guestCacheDir(): string {
   return path.join(xdg, 'vublk', 'guest');
 }
 
-export function guestImagePaths(): { kernel: string; initramfs: string } {
+export function guestImagePaths(): { kernel: string; initramfs: string; fio: string } {
   const dir = guestCacheDir();
-  return { kernel: path.join(dir, 'vmlinuz'), initramfs: path.join(dir, 'initramfs.cpio.gz') };
+  return { kernel: path.join(dir, 'vmlinuz'), initramfs: path.join(dir, 'initramfs.cpio.gz'), fio: path.join(dir, 'fio.cpio') };
 }
 
 /** Null when the guest image is ready, otherwise a message telling how to build it. */
 export function guestImageProblem(): string | null {
   const paths = guestImagePaths();
-  const missing = [paths.kernel, paths.initramfs].filter((p) => !fs.existsSync(p));
+  const missing = [paths.kernel, paths.initramfs, paths.fio].filter((p) => !fs.existsSync(p));
   if (missing.length === 0) return null;
   return `test guest image missing (${missing.join(', ')}); run scripts/build-guest.sh (or make guest) first`;
 }
@@ -222,9 +224,16 @@ function overlayArchive(script: string, files: Record<string, string | Buffer>):
  * aligned offset (init/initramfs.c), skipping zero bytes; unaligned, it reports
  * "invalid magic at start of compressed archive" and ignores the rest.
  */
-function writeCombinedInitrd(base: string, overlay: Buffer, dest: string): void {
-  const baseBytes = fs.readFileSync(base);
-  fs.writeFileSync(dest, Buffer.concat([baseBytes, Buffer.alloc(pad4(baseBytes.length)), overlay]));
+/** Archives one after another, each starting at a 4-byte boundary (the kernel looks for the next one there). */
+function writeCombinedInitrd(parts: Buffer[], dest: string): void {
+  const out: Buffer[] = [];
+  let length = 0;
+  for (const p of parts) {
+    const pad = Buffer.alloc(pad4(length));
+    out.push(pad, p);
+    length += pad.length + p.length;
+  }
+  fs.writeFileSync(dest, Buffer.concat(out));
 }
 
 // SeaBIOS clears the screen with escape sequences and leaves no newline before
@@ -266,7 +275,10 @@ export async function runGuest(opts: GuestOptions): Promise<GuestResult> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-guest-'));
   try {
     const initrd = path.join(tmp, 'initrd.img');
-    writeCombinedInitrd(image.initramfs, overlayArchive(opts.script, opts.files ?? {}), initrd);
+    const parts: Buffer[] = [fs.readFileSync(image.initramfs)];
+    if (opts.fio) parts.push(fs.readFileSync(image.fio));
+    parts.push(overlayArchive(opts.script, opts.files ?? {}));
+    writeCombinedInitrd(parts, initrd);
     const argv = qemuCommandLine({
       disks: opts.disks,
       kernel: image.kernel,

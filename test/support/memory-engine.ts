@@ -3,7 +3,22 @@
 import { CompletionHandler, IO_FLUSH, IO_READ, IO_WRITE, StorageEngine } from '../../src/storage/engine';
 import { FAKE_HOST_BASE } from './fake-memory';
 
-export interface EngineCall { slot: number; op: number; offset: number; bytes: number }
+export interface EngineCall {
+  slot: number;
+  op: number;
+  offset: number;
+  bytes: number;
+  /** Host (address, length) pairs of submit(); empty for range operations. */
+  iov: number[];
+}
+
+export interface MemoryEngineOptions {
+  /**
+   * Act like an O_DIRECT fd: throw from submit() unless the offset and every iovec
+   * address and length are multiples of this (0 = no check).
+   */
+  alignment?: number;
+}
 
 export class MemoryEngine implements StorageEngine {
   readonly name = 'memory';
@@ -11,23 +26,57 @@ export class MemoryEngine implements StorageEngine {
   readonly calls: EngineCall[] = [];
   /** Next results to force (e.g. -5 for EIO), consumed in order. */
   readonly injected: number[] = [];
+  alignment: number;
+  /** Most requests ever in flight at once. */
+  maxPending = 0;
   private pending = 0;
+  /** Host memory besides the guest's that iovecs may point into (bounce buffers). */
+  private readonly areas: Array<{ base: number; bytes: Uint8Array }> = [];
 
-  constructor(private readonly disk: Uint8Array, private readonly guest: Uint8Array,
-              private readonly onComplete: CompletionHandler) {}
+  constructor(private readonly disk: Uint8Array, guest: Uint8Array,
+              private readonly onComplete: CompletionHandler, options: MemoryEngineOptions = {}) {
+    this.alignment = options.alignment ?? 0;
+    this.areas.push({ base: FAKE_HOST_BASE, bytes: guest });
+  }
+
+  /** Make [hostAddr, hostAddr + bytes.length) usable in iovecs. */
+  addHostArea(hostAddr: number, bytes: Uint8Array): void {
+    this.areas.push({ base: hostAddr, bytes });
+  }
+
+  /** Bytes behind host [addr, addr + n); throws for addresses no area holds (the real engine's EFAULT). */
+  private resolve(addr: number, n: number): Uint8Array {
+    for (const a of this.areas) {
+      if (addr >= a.base && addr + n <= a.base + a.bytes.length) return a.bytes.subarray(addr - a.base, addr - a.base + n);
+    }
+    throw new Error(`memory engine: iovec ${addr.toString(16)}+${n} is outside every known area`);
+  }
 
   submit(slot: number, op: number, _fd: number, offset: number, iov: Float64Array, iovCount: number): void {
     let bytes = 0;
-    for (let i = 0; i < iovCount; i++) bytes += iov[2 * i + 1];
-    this.calls.push({ slot, op, offset, bytes });
+    const pairs: number[] = [];
+    for (let i = 0; i < iovCount; i++) {
+      bytes += iov[2 * i + 1];
+      pairs.push(iov[2 * i], iov[2 * i + 1]);
+    }
+    const a = this.alignment;
+    if (a > 0 && op !== IO_FLUSH) {
+      if (offset % a !== 0) throw new Error(`memory engine: offset ${offset} not aligned to ${a}`);
+      for (let i = 0; i < pairs.length; i += 2) {
+        if (pairs[i] % a !== 0 || pairs[i + 1] % a !== 0) {
+          throw new Error(`memory engine: iovec ${pairs[i].toString(16)}+${pairs[i + 1]} not aligned to ${a}`);
+        }
+      }
+    }
+    this.calls.push({ slot, op, offset, bytes, iov: pairs });
     let result = this.injected.length > 0 ? this.injected.shift()! : 0;
     if (result === 0 && op !== IO_FLUSH) {
       let pos = offset;
       for (let i = 0; i < iovCount; i++) {
-        const g = iov[2 * i] - FAKE_HOST_BASE;
         const n = iov[2 * i + 1];
-        if (op === IO_READ) this.guest.set(this.disk.subarray(pos, pos + n), g);
-        else if (op === IO_WRITE) this.disk.set(this.guest.subarray(g, g + n), pos);
+        const buf = this.resolve(iov[2 * i], n);
+        if (op === IO_READ) buf.set(this.disk.subarray(pos, pos + n));
+        else if (op === IO_WRITE) this.disk.set(buf, pos);
         pos += n;
       }
       result = bytes;
@@ -37,6 +86,7 @@ export class MemoryEngine implements StorageEngine {
 
   private complete(slot: number, result: number): void {
     this.pending++;
+    this.maxPending = Math.max(this.maxPending, this.pending);
     setImmediate(() => {
       this.pending--;
       this.onComplete(slot, result);
@@ -45,7 +95,7 @@ export class MemoryEngine implements StorageEngine {
 
   /** Every range operation zeroes the range, as a hole or written zeroes would read back. */
   submitRange(slot: number, op: number, _fd: number, offset: number, length: number): void {
-    this.calls.push({ slot, op, offset, bytes: length });
+    this.calls.push({ slot, op, offset, bytes: length, iov: [] });
     const result = this.injected.length > 0 ? this.injected.shift()! : 0;
     if (result === 0) this.disk.fill(0, offset, offset + length);
     this.complete(slot, result);

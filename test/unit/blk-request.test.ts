@@ -1,25 +1,41 @@
 import { strict as assert } from 'node:assert';
+import { BounceArea } from '../../src/blk/bounce';
 import { BlkQueue } from '../../src/blk/request';
 import { BlkCacheState, BlkDisk } from '../../src/blk/disk';
+import { DWZ_SEG_MAX, blkFeatures, encodeBlkConfig } from '../../src/blk/config';
 import {
-  VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
-  VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+  CFG, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../../src/blk/constants';
-import { IO_FLUSH, IO_WRITE } from '../../src/storage/engine';
+import {
+  IO_BLKDISCARD, IO_BLKZEROOUT, IO_FLUSH, IO_PUNCH_HOLE, IO_READ, IO_WRITE, IO_ZERO_RANGE,
+} from '../../src/storage/engine';
 import { Logger, setLogSink } from '../../src/util/log';
 import { SplitQueue, VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE } from '../../src/virtq/split';
-import { fakeGuest, makeAvailable, writeDesc } from '../support/fake-memory';
+import { FAKE_HOST_BASE, fakeGuest, makeAvailable, writeDesc } from '../support/fake-memory';
 import { MemoryEngine } from '../support/memory-engine';
 
 const SIZE = 16;
 const DESC = 0x1000, AVAIL = 0x2000, USED = 0x3000;
 const HDR = 0x10000, DATA = 0x20000, STATUS = 0x30000;
 const DISK_BYTES = 1 << 20;
+/** Fake host address of the bounce area the test allocator hands out (page-aligned, apart from guest memory). */
+const BOUNCE_HOST = 0x7e0000000000;
 
 interface Part { addr: number; len: number; write?: boolean }
 
-function harness(diskOpts: Partial<BlkDisk> = {}, cache: BlkCacheState = { writeback: true }) {
-  const g = fakeGuest(1 << 20);
+interface HarnessExtra {
+  /** Engine acts like an O_DIRECT fd: throws on misaligned offsets, addresses, lengths. */
+  engineAlignment?: number;
+  bounceSlots?: number;
+  bounceSlotBytes?: number;
+  /** Split guest memory into two regions at this offset. */
+  splitAt?: number;
+}
+
+function harness(diskOpts: Partial<BlkDisk> = {}, cache: BlkCacheState = { writeback: true }, extra: HarnessExtra = {}) {
+  const g = fakeGuest(1 << 20, 0, extra.splitAt);
   const diskBytes = new Uint8Array(DISK_BYTES);
   const queue = new SplitQueue(g.mem, { size: SIZE, descAddr: DESC, availAddr: AVAIL, usedAddr: USED }, 0, { eventIdx: false, indirect: true });
   let completions = 0;
@@ -29,31 +45,64 @@ function harness(diskOpts: Partial<BlkDisk> = {}, cache: BlkCacheState = { write
     serial: 'test-serial', ...diskOpts,
   };
   let blk!: BlkQueue;
-  const engine = new MemoryEngine(diskBytes, g.bytes, (slot, result) => blk.ioComplete(slot, result));
-  blk = new BlkQueue({ queue, mem: g.mem, disk, cache, engine, slotBase: 0, onCompleted: () => completions++, log: new Logger() });
+  const engine = new MemoryEngine(diskBytes, g.bytes, (slot, result) => blk.ioComplete(slot, result), { alignment: extra.engineAlignment });
+  const bounce = { bytes: new Uint8Array(0), allocations: 0, freed: 0 };
+  const allocBounce = (size: number): BounceArea => {
+    bounce.allocations++;
+    bounce.bytes = new Uint8Array(size);
+    engine.addHostArea(BOUNCE_HOST, bounce.bytes);
+    return { hostAddr: BOUNCE_HOST, bytes: bounce.bytes, free: () => { bounce.freed++; } };
+  };
+  blk = new BlkQueue({
+    queue, mem: g.mem, disk, cache, engine, slotBase: 0, onCompleted: () => completions++, log: new Logger(),
+    allocBounce, bounceSlots: extra.bounceSlots, bounceSlotBytes: extra.bounceSlotBytes,
+  });
+
+  /** Where the status byte of a chain is: the last byte of its last device-writable buffer. */
+  const statusOf = (parts: Part[]): number => {
+    const w = parts.filter((p) => p.write && p.len > 0);
+    return w.length > 0 ? w[w.length - 1].addr + w[w.length - 1].len - 1 : STATUS;
+  };
+
+  /** Submit several chains in one batch (heads must leave room for their descriptors) and wait until all are used. */
+  async function runBatch(reqs: Array<{ head: number; parts: Part[] }>): Promise<Array<{ status: number; usedLen: number }>> {
+    for (const { head, parts } of reqs) {
+      parts.forEach((p, i) => writeDesc(g.view, DESC, head + i, p.addr, p.len, (p.write ? WRITE : 0) | (i < parts.length - 1 ? NEXT : 0), head + i + 1));
+    }
+    // Status bytes start as 0xff so a test sees whether one was written.
+    for (const { parts } of reqs) g.bytes[statusOf(parts)] = 0xff;
+    makeAvailable(g.view, AVAIL, SIZE, reqs.map((r) => r.head));
+    const before = queue.usedIdx;
+    for (let head = queue.pop(); head >= 0; head = queue.pop()) blk.handle(head);
+    blk.endBatch();
+    const want = (before + reqs.length) & 0xffff;
+    for (let i = 0; i < 200 && queue.usedIdx !== want; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(queue.usedIdx, want, 'requests were never completed');
+    queue.publish();
+    const used = new Map<number, number>();
+    for (let k = 0; k < reqs.length; k++) {
+      const slot = (before + k) & (SIZE - 1);
+      used.set(g.view.getUint32(USED + 4 + 8 * slot, true), g.view.getUint32(USED + 8 + 8 * slot, true));
+    }
+    return reqs.map(({ head, parts }) => {
+      assert.ok(used.has(head), `head ${head} was not used`);
+      return { status: g.bytes[statusOf(parts)], usedLen: used.get(head)! };
+    });
+  }
 
   /** Submit one chain made of `parts` as head 0 and wait until it is used. */
   async function run(parts: Part[], head = 0): Promise<{ status: number; usedLen: number }> {
-    parts.forEach((p, i) => writeDesc(g.view, DESC, head + i, p.addr, p.len, (p.write ? WRITE : 0) | (i < parts.length - 1 ? NEXT : 0), head + i + 1));
-    makeAvailable(g.view, AVAIL, SIZE, [head]);
-    const before = queue.usedIdx;
-    blk.handle(queue.pop());
-    for (let i = 0; i < 10 && queue.usedIdx === before; i++) await new Promise((r) => setImmediate(r));
-    assert.notEqual(queue.usedIdx, before, 'request was never completed');
-    queue.publish();
-    const slot = (queue.usedIdx - 1) & (SIZE - 1);
-    assert.equal(g.view.getUint32(USED + 4 + 8 * slot, true), head);
-    return { status: g.bytes[STATUS], usedLen: g.view.getUint32(USED + 8 + 8 * slot, true) };
+    return (await runBatch([{ head, parts }]))[0];
   }
 
-  function header(type: number, sector: number): void {
-    g.view.setUint32(HDR, type, true);
-    g.view.setUint32(HDR + 4, 0, true);
-    g.view.setUint32(HDR + 8, sector % 2 ** 32, true);
-    g.view.setUint32(HDR + 12, Math.floor(sector / 2 ** 32), true);
+  function header(type: number, sector: number, at = HDR): void {
+    g.view.setUint32(at, type, true);
+    g.view.setUint32(at + 4, 0, true);
+    g.view.setUint32(at + 8, sector % 2 ** 32, true);
+    g.view.setUint32(at + 12, Math.floor(sector / 2 ** 32), true);
     g.bytes[STATUS] = 0xff;
   }
-  return { g, diskBytes, engine, blk, queue, run, header, completions: () => completions };
+  return { g, disk, diskBytes, engine, blk, queue, run, runBatch, header, bounce, completions: () => completions };
 }
 
 const req = (dataLen: number, dataWritable: boolean): Part[] => [
@@ -200,5 +249,455 @@ describe('virtio-blk requests', () => {
     h.header(VIRTIO_BLK_T_OUT, 0);
     assert.equal((await h.run(req(512, false))).status, VIRTIO_BLK_S_OK);
     assert.deepEqual(h.engine.calls.map((c) => c.op), [IO_WRITE, IO_FLUSH]);
+  });
+});
+
+// --- DISCARD and WRITE_ZEROES -------------------------------------------------------
+
+/** Segments (struct virtio_blk_discard_write_zeroes) go here unless a test places them. */
+const SEGS = 0x11000;
+const DISK_SECTORS = DISK_BYTES / 512;
+type Seg = [sector: number, numSectors: number, flags?: number];
+
+function writeSegs(view: DataView, segs: Seg[], at = SEGS): number {
+  segs.forEach(([sector, num, flags = 0], i) => {
+    const o = at + 16 * i;
+    view.setUint32(o, sector % 2 ** 32, true);
+    view.setUint32(o + 4, Math.floor(sector / 2 ** 32), true);
+    view.setUint32(o + 8, num, true);
+    view.setUint32(o + 12, flags, true);
+  });
+  return 16 * segs.length;
+}
+
+/** A discard / write-zeroes chain: header, segments, status. */
+const dwz = (segLen: number): Part[] => [
+  { addr: HDR, len: 16 },
+  { addr: SEGS, len: segLen },
+  { addr: STATUS, len: 1, write: true },
+];
+
+const has = (features: bigint, bit: number): boolean => ((features >> BigInt(bit)) & 1n) === 1n;
+
+describe('virtio-blk DISCARD and WRITE_ZEROES', () => {
+  let restore: (l: string) => void;
+  const lines: string[] = [];
+  beforeEach(() => { lines.length = 0; restore = setLogSink((l) => lines.push(l)); });
+  afterEach(() => setLogSink(restore));
+
+  const baseDisk: BlkDisk = {
+    fd: 3, kind: 'file', sizeBytes: DISK_BYTES, readOnly: false, logicalBlockSize: 512, physicalBlockSize: 512,
+    minIoSize: 0, optIoSize: 0, direct: false, directAlignment: 512, discard: true, writeZeroes: true, serial: 's',
+  };
+  const config = (disk: BlkDisk): DataView => new DataView(encodeBlkConfig(disk, { writeback: true }, 1).buffer);
+
+  it('offers the features and fills their config fields only when the store can and the export is writable', () => {
+    const f = blkFeatures(baseDisk, 1);
+    assert.ok(has(f, VIRTIO_BLK_F_DISCARD) && has(f, VIRTIO_BLK_F_WRITE_ZEROES) && !has(f, VIRTIO_BLK_F_RO));
+    const v = config({ ...baseDisk, logicalBlockSize: 4096 });
+    assert.equal(v.getUint32(CFG.maxDiscardSectors, true), DISK_SECTORS);
+    assert.equal(v.getUint32(CFG.maxDiscardSeg, true), DWZ_SEG_MAX);
+    assert.equal(v.getUint32(CFG.discardSectorAlignment, true), 8, 'logical block size in sectors');
+    assert.equal(v.getUint32(CFG.maxWriteZeroesSectors, true), DISK_SECTORS);
+    assert.equal(v.getUint32(CFG.maxWriteZeroesSeg, true), DWZ_SEG_MAX);
+    assert.equal(v.getUint8(CFG.writeZeroesMayUnmap), 1, 'files punch holes for unmap');
+    assert.equal(config({ ...baseDisk, kind: 'block' }).getUint8(CFG.writeZeroesMayUnmap), 0, 'BLKZEROOUT never deallocates');
+    // Bounded by the u32 field, in whole logical blocks.
+    const big = config({ ...baseDisk, sizeBytes: 2 ** 42, logicalBlockSize: 4096 });
+    assert.equal(big.getUint32(CFG.maxDiscardSectors, true), 0xfffffff8);
+    assert.equal(big.getUint32(CFG.maxWriteZeroesSectors, true), 0xfffffff8);
+
+    // Read-only: neither feature, no limits.
+    const ro = { ...baseDisk, readOnly: true };
+    const fro = blkFeatures(ro, 1);
+    assert.ok(has(fro, VIRTIO_BLK_F_RO) && !has(fro, VIRTIO_BLK_F_DISCARD) && !has(fro, VIRTIO_BLK_F_WRITE_ZEROES));
+    const vro = config(ro);
+    for (const off of [CFG.maxDiscardSectors, CFG.maxDiscardSeg, CFG.discardSectorAlignment, CFG.maxWriteZeroesSectors, CFG.maxWriteZeroesSeg]) {
+      assert.equal(vro.getUint32(off, true), 0, `config offset ${off}`);
+    }
+    assert.equal(vro.getUint8(CFG.writeZeroesMayUnmap), 0);
+
+    // Each feature follows its own capability.
+    const noDiscard = { ...baseDisk, discard: false };
+    const fnd = blkFeatures(noDiscard, 1);
+    assert.ok(!has(fnd, VIRTIO_BLK_F_DISCARD) && has(fnd, VIRTIO_BLK_F_WRITE_ZEROES));
+    assert.equal(config(noDiscard).getUint32(CFG.maxDiscardSeg, true), 0);
+    assert.equal(config(noDiscard).getUint32(CFG.maxWriteZeroesSeg, true), DWZ_SEG_MAX);
+    const noZeroes = { ...baseDisk, writeZeroes: false };
+    assert.ok(has(blkFeatures(noZeroes, 1), VIRTIO_BLK_F_DISCARD) && !has(blkFeatures(noZeroes, 1), VIRTIO_BLK_F_WRITE_ZEROES));
+    assert.equal(config(noZeroes).getUint32(CFG.maxWriteZeroesSectors, true), 0);
+  });
+
+  it('reports topology sizes in logical blocks', () => {
+    const v = config({ ...baseDisk, logicalBlockSize: 512, physicalBlockSize: 4096, minIoSize: 4096, optIoSize: 1 << 20 });
+    assert.equal(v.getUint8(CFG.physicalBlockExp), 3);
+    assert.equal(v.getUint16(CFG.minIoSize, true), 8);
+    assert.equal(v.getUint32(CFG.optIoSize, true), 2048);
+    assert.equal(config(baseDisk).getUint16(CFG.minIoSize, true), 1, 'unreported: one block');
+    assert.equal(config(baseDisk).getUint32(CFG.optIoSize, true), 0);
+  });
+
+  it('discards a range of a file by punching a hole', async () => {
+    const h = harness();
+    h.diskBytes.fill(0xaa);
+    h.header(VIRTIO_BLK_T_DISCARD, 0);
+    const r = await h.run(dwz(writeSegs(h.g.view, [[8, 16]])));
+    assert.deepEqual(r, { status: VIRTIO_BLK_S_OK, usedLen: 1 });
+    assert.deepEqual(h.engine.calls.map((c) => [c.op, c.offset, c.bytes]), [[IO_PUNCH_HOLE, 4096, 8192]]);
+    assert.ok(h.diskBytes.subarray(4096, 12288).every((b) => b === 0));
+    assert.equal(h.diskBytes[4095], 0xaa);
+    assert.equal(h.diskBytes[12288], 0xaa);
+  });
+
+  it('writes zeroes to files with ZERO_RANGE, or punches a hole when the guest allows unmapping', async () => {
+    const h = harness();
+    h.diskBytes.fill(0xaa);
+    h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, [[0, 1]])))).status, VIRTIO_BLK_S_OK);
+    h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, [[4, 2, 1]])))).status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(h.engine.calls.map((c) => [c.op, c.offset, c.bytes]), [[IO_ZERO_RANGE, 0, 512], [IO_PUNCH_HOLE, 2048, 1024]]);
+    assert.ok(h.diskBytes.subarray(0, 512).every((b) => b === 0));
+    assert.ok(h.diskBytes.subarray(2048, 3072).every((b) => b === 0));
+    assert.ok(h.diskBytes.subarray(512, 2048).every((b) => b === 0xaa));
+  });
+
+  it('uses BLKDISCARD and BLKZEROOUT on block devices', async () => {
+    const h = harness({ kind: 'block' });
+    h.diskBytes.fill(0xaa);
+    h.header(VIRTIO_BLK_T_DISCARD, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, [[0, 8]])))).status, VIRTIO_BLK_S_OK);
+    h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, [[8, 8, 0]])))).status, VIRTIO_BLK_S_OK);
+    h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, [[16, 8, 1]])))).status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(h.engine.calls.map((c) => c.op), [IO_BLKDISCARD, IO_BLKZEROOUT, IO_BLKZEROOUT]);
+    assert.ok(h.diskBytes.subarray(0, 12288).every((b) => b === 0));
+    assert.equal(h.diskBytes[12288], 0xaa);
+  });
+
+  it('runs several segments one after another on the request\'s slot, read from descriptors split anywhere', async () => {
+    const h = harness();
+    h.diskBytes.fill(0xaa);
+    h.header(VIRTIO_BLK_T_DISCARD, 0);
+    // Header and three segments back to back, cut at odd places across three descriptors.
+    writeSegs(h.g.view, [[100, 4], [0, 2], [2040, 8]], HDR + 16);
+    const r = await h.run([
+      { addr: HDR, len: 20 }, { addr: HDR + 20, len: 9 }, { addr: HDR + 29, len: 35 }, { addr: STATUS, len: 1, write: true },
+    ], 3);
+    assert.deepEqual(r, { status: VIRTIO_BLK_S_OK, usedLen: 1 });
+    assert.deepEqual(h.engine.calls.map((c) => [c.slot, c.op, c.offset, c.bytes]),
+      [[3, IO_PUNCH_HOLE, 51200, 2048], [3, IO_PUNCH_HOLE, 0, 1024], [3, IO_PUNCH_HOLE, 2040 * 512, 4096]]);
+    assert.equal(h.engine.maxPending, 1, 'one segment at a time');
+    for (const [start, len] of [[51200, 2048], [0, 1024], [2040 * 512, 4096]]) {
+      assert.ok(h.diskBytes.subarray(start, start + len).every((b) => b === 0), `range at ${start} zeroed`);
+    }
+    assert.equal(h.diskBytes[1024], 0xaa);
+    assert.equal(h.diskBytes[51200 + 2048], 0xaa);
+  });
+
+  it('fails the whole request with IOERR when any segment is out of range or misaligned, touching nothing', async () => {
+    const h = harness({ logicalBlockSize: 4096 });
+    h.diskBytes.fill(0xaa);
+    const bad: Seg[][] = [
+      [[0, 8], [DISK_SECTORS - 8, 16]], // second segment runs past the end
+      [[DISK_SECTORS, 8]], // starts at the end
+      [[0, 8], [1, 8]], // not 4K-aligned
+      [[8, 4]], // length not a whole block
+      [[2 ** 44, 8]], // offset beyond 2^53 bytes
+      [[0, 0xfffffff8]], // more than max_*_sectors
+    ];
+    for (const type of [VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES]) {
+      for (const segs of bad) {
+        h.header(type, 0);
+        assert.equal((await h.run(dwz(writeSegs(h.g.view, segs)))).status, VIRTIO_BLK_S_IOERR, `${type} ${JSON.stringify(segs)}`);
+      }
+    }
+    assert.equal(h.engine.calls.length, 0);
+    assert.ok(h.diskBytes.every((b) => b === 0xaa));
+  });
+
+  it('answers UNSUPP for reserved flags and for DISCARD with the unmap flag', async () => {
+    const h = harness();
+    h.diskBytes.fill(0xaa);
+    const cases: Array<[number, Seg[]]> = [
+      [VIRTIO_BLK_T_WRITE_ZEROES, [[0, 8, 2]]],
+      [VIRTIO_BLK_T_WRITE_ZEROES, [[0, 8, 1], [8, 8, 0x80000001]]],
+      [VIRTIO_BLK_T_DISCARD, [[0, 8, 1]]],
+      // The spec's MUST for flags holds even when another segment is also out of range.
+      [VIRTIO_BLK_T_DISCARD, [[DISK_SECTORS, 8, 0], [0, 8, 4]]],
+    ];
+    for (const [type, segs] of cases) {
+      h.header(type, 0);
+      assert.equal((await h.run(dwz(writeSegs(h.g.view, segs)))).status, VIRTIO_BLK_S_UNSUPP, JSON.stringify(segs));
+    }
+    assert.equal(h.engine.calls.length, 0);
+    assert.equal(h.blk.stats.unsupported, cases.length);
+    assert.ok(h.diskBytes.every((b) => b === 0xaa));
+  });
+
+  it('fails malformed segment data with IOERR', async () => {
+    const h = harness();
+    const tooMany: Seg[] = Array.from({ length: DWZ_SEG_MAX + 1 }, (_, i) => [8 * i, 8]);
+    h.header(VIRTIO_BLK_T_DISCARD, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, tooMany)))).status, VIRTIO_BLK_S_IOERR, 'more than max_discard_seg');
+    h.header(VIRTIO_BLK_T_DISCARD, 0);
+    assert.equal((await h.run(dwz(17))).status, VIRTIO_BLK_S_IOERR, 'not whole segments');
+    h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    assert.equal((await h.run([{ addr: HDR, len: 16 }, { addr: STATUS, len: 1, write: true }])).status, VIRTIO_BLK_S_IOERR, 'no segment');
+    h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    writeSegs(h.g.view, [[0, 8]]);
+    assert.equal((await h.run([{ addr: HDR, len: 16 }, { addr: SEGS, len: 16 }, { addr: DATA, len: 16, write: true }, { addr: STATUS, len: 1, write: true }])).status,
+      VIRTIO_BLK_S_IOERR, 'device-writable data');
+    assert.equal(h.engine.calls.length, 0);
+    assert.equal(h.blk.stats.malformed, 4);
+    // Exactly the maximum is fine.
+    h.header(VIRTIO_BLK_T_DISCARD, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, tooMany.slice(0, DWZ_SEG_MAX)))))!.status, VIRTIO_BLK_S_OK);
+    assert.equal(h.engine.calls.length, DWZ_SEG_MAX);
+  });
+
+  it('read-only exports refuse OUT, DISCARD and WRITE_ZEROES with IOERR and touch nothing', async () => {
+    const h = harness({ readOnly: true });
+    h.diskBytes.fill(0xaa);
+    h.header(VIRTIO_BLK_T_OUT, 0);
+    assert.equal((await h.run(req(512, false))).status, VIRTIO_BLK_S_IOERR);
+    for (const type of [VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES]) {
+      h.header(type, 0);
+      assert.equal((await h.run(dwz(writeSegs(h.g.view, [[0, 8]])))).status, VIRTIO_BLK_S_IOERR);
+    }
+    assert.equal(h.engine.calls.length, 0);
+    assert.ok(h.diskBytes.every((b) => b === 0xaa));
+    // Reads still work.
+    h.header(VIRTIO_BLK_T_IN, 0);
+    assert.equal((await h.run(req(512, true))).status, VIRTIO_BLK_S_OK);
+  });
+
+  it('answers UNSUPP for the operations a writable store cannot do (features not offered)', async () => {
+    const h = harness({ discard: false, writeZeroes: false });
+    for (const type of [VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES]) {
+      h.header(type, 0);
+      assert.equal((await h.run(dwz(writeSegs(h.g.view, [[0, 8]])))).status, VIRTIO_BLK_S_UNSUPP);
+    }
+    assert.equal(h.engine.calls.length, 0);
+  });
+
+  it('stops at the first failing segment', async () => {
+    const h = harness();
+    h.diskBytes.fill(0xaa);
+    h.engine.injected.push(-95);
+    h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, [[0, 8], [16, 8]])))).status, VIRTIO_BLK_S_IOERR);
+    assert.equal(h.engine.calls.length, 1);
+    assert.ok(h.diskBytes.subarray(8192, 12288).every((b) => b === 0xaa), 'second segment untouched');
+    assert.ok(lines.some((l) => /errno=95/.test(l)));
+    // The slot is usable again.
+    h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, [[0, 8], [16, 8]])))).status, VIRTIO_BLK_S_OK);
+  });
+
+  it('syncs written zeroes in write-through mode, like writes; discards need no sync', async () => {
+    const h = harness({}, { writeback: false });
+    h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, [[0, 8], [16, 8]])))).status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(h.engine.calls.map((c) => c.op), [IO_ZERO_RANGE, IO_ZERO_RANGE, IO_FLUSH]);
+    h.engine.calls.length = 0;
+    h.header(VIRTIO_BLK_T_DISCARD, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, [[0, 8]])))).status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(h.engine.calls.map((c) => c.op), [IO_PUNCH_HOLE]);
+  });
+
+  it('accepts empty segments without calling the engine', async () => {
+    const h = harness();
+    h.header(VIRTIO_BLK_T_DISCARD, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, [[8, 0]])))).status, VIRTIO_BLK_S_OK);
+    h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, [[8, 0], [16, 8]])))).status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(h.engine.calls.map((c) => [c.offset, c.bytes]), [[8192, 4096]]);
+  });
+});
+
+// --- cache=none bounce buffers ---------------------------------------------------------
+
+const direct = (align: number, lbs = align): Partial<BlkDisk> => ({ direct: true, directAlignment: align, logicalBlockSize: lbs });
+
+/** Recognisable disk contents. */
+const fillPattern = (bytes: Uint8Array, seed: number): void => {
+  for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 31 + seed + (i >> 9)) & 0xff;
+};
+
+/** Concatenated guest bytes of `parts`. */
+const gather = (guest: Uint8Array, parts: Part[]): Uint8Array => {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.len, 0));
+  let pos = 0;
+  for (const p of parts) { out.set(guest.subarray(p.addr, p.addr + p.len), pos); pos += p.len; }
+  return out;
+};
+
+const isBounce = (addr: number): boolean => addr >= BOUNCE_HOST && addr < BOUNCE_HOST + (1 << 30);
+
+describe('virtio-blk cache=none bounce buffers', () => {
+  let restore: (l: string) => void;
+  const lines: string[] = [];
+  beforeEach(() => { lines.length = 0; restore = setLogSink((l) => lines.push(l)); });
+  afterEach(() => setLogSink(restore));
+
+  it('does aligned I/O in place: the engine gets the guest buffers', async () => {
+    const h = harness(direct(4096), undefined, { engineAlignment: 4096 });
+    fillPattern(h.diskBytes, 1);
+    h.header(VIRTIO_BLK_T_IN, 8);
+    assert.equal((await h.run(req(8192, true))).status, VIRTIO_BLK_S_OK);
+    h.header(VIRTIO_BLK_T_OUT, 64);
+    assert.equal((await h.run(req(4096, false))).status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(h.engine.calls.map((c) => c.iov), [[FAKE_HOST_BASE + DATA, 8192], [FAKE_HOST_BASE + DATA, 4096]]);
+    assert.deepEqual(h.g.bytes.subarray(DATA, DATA + 8192), h.diskBytes.subarray(4096, 12288));
+    assert.equal(h.blk.stats.bounced, 0);
+    assert.equal(h.bounce.allocations, 1, 'the pool is allocated once, up front');
+  });
+
+  it('reads into a misaligned guest buffer through the bounce buffer', async () => {
+    const h = harness(direct(512), undefined, { engineAlignment: 512 });
+    fillPattern(h.diskBytes, 2);
+    h.g.bytes[DATA] = 0x5c;
+    h.g.bytes[DATA + 1025] = 0x5d;
+    h.header(VIRTIO_BLK_T_IN, 2);
+    const parts: Part[] = [{ addr: HDR, len: 16 }, { addr: DATA + 1, len: 1024, write: true }, { addr: STATUS, len: 1, write: true }];
+    assert.deepEqual(await h.run(parts), { status: VIRTIO_BLK_S_OK, usedLen: 1025 });
+    assert.deepEqual(h.g.bytes.subarray(DATA + 1, DATA + 1025), h.diskBytes.subarray(1024, 2048));
+    assert.equal(h.g.bytes[DATA], 0x5c, 'nothing written before the buffer');
+    assert.equal(h.g.bytes[DATA + 1025], 0x5d, 'nothing written after it');
+    assert.equal(h.engine.calls.length, 1);
+    assert.ok(h.engine.calls[0].iov.length === 2 && isBounce(h.engine.calls[0].iov[0]));
+    assert.equal(h.blk.stats.bounced, 1);
+  });
+
+  it('writes from 512-aligned buffers on a 4096-aligned store through the bounce buffer', async () => {
+    const h = harness(direct(4096), undefined, { engineAlignment: 4096 });
+    const data: Part[] = [{ addr: DATA + 512, len: 1536 }, { addr: DATA + 0x3200, len: 4096 }, { addr: DATA + 0x6400, len: 2560 }];
+    for (const p of data) fillPattern(h.g.bytes.subarray(p.addr, p.addr + p.len), p.addr);
+    h.header(VIRTIO_BLK_T_OUT, 16);
+    const r = await h.run([{ addr: HDR, len: 16 }, ...data, { addr: STATUS, len: 1, write: true }]);
+    assert.deepEqual(r, { status: VIRTIO_BLK_S_OK, usedLen: 1 });
+    assert.deepEqual(h.diskBytes.subarray(8192, 16384), gather(h.g.bytes, data));
+    assert.ok(h.diskBytes.subarray(0, 8192).every((b) => b === 0) && h.diskBytes.subarray(16384, 20480).every((b) => b === 0));
+    assert.ok(h.engine.calls.every((c) => isBounce(c.iov[0])));
+  });
+
+  it('moves requests larger than a bounce slot in slot-sized chunks, both ways', async () => {
+    const h = harness(direct(512), undefined, { engineAlignment: 512, bounceSlotBytes: 4096 });
+    fillPattern(h.diskBytes, 3);
+    const data: Part[] = [{ addr: DATA + 3, len: 1000, write: true }, { addr: DATA + 0x2001, len: 5000, write: true }, { addr: DATA + 0x5005, len: 3216, write: true }];
+    h.header(VIRTIO_BLK_T_IN, 10);
+    const r = await h.run([{ addr: HDR, len: 16 }, ...data, { addr: STATUS, len: 1, write: true }]);
+    assert.deepEqual(r, { status: VIRTIO_BLK_S_OK, usedLen: 9217 });
+    assert.deepEqual(gather(h.g.bytes, data), h.diskBytes.subarray(5120, 5120 + 9216));
+    assert.deepEqual(h.engine.calls.map((c) => [c.op, c.offset, c.bytes]), [[IO_READ, 5120, 4096], [IO_READ, 9216, 4096], [IO_READ, 13312, 1024]]);
+    assert.ok(h.engine.calls.every((c) => c.iov.length === 2 && isBounce(c.iov[0]) && c.slot === 0));
+
+    // And back: write the same guest buffers elsewhere after changing them.
+    for (const p of data) fillPattern(h.g.bytes.subarray(p.addr, p.addr + p.len), 77 + p.addr);
+    h.engine.calls.length = 0;
+    h.header(VIRTIO_BLK_T_OUT, 100);
+    const w = await h.run([{ addr: HDR, len: 16 }, ...data.map((p) => ({ ...p, write: false })), { addr: STATUS, len: 1, write: true }]);
+    assert.equal(w.status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(h.diskBytes.subarray(51200, 51200 + 9216), gather(h.g.bytes, data));
+    assert.deepEqual(h.engine.calls.map((c) => [c.op, c.offset, c.bytes]), [[IO_WRITE, 51200, 4096], [IO_WRITE, 55296, 4096], [IO_WRITE, 59392, 1024]]);
+  });
+
+  it('copies correctly for buffers that straddle two guest memory regions', async () => {
+    const SPLIT = 0x28000;
+    const h = harness(direct(512), undefined, { engineAlignment: 512, splitAt: SPLIT, bounceSlotBytes: 4096 });
+    fillPattern(h.diskBytes, 4);
+    const buf: Part = { addr: SPLIT - 701, len: 6144, write: true };
+    h.header(VIRTIO_BLK_T_IN, 4);
+    assert.equal((await h.run([{ addr: HDR, len: 16 }, buf, { addr: STATUS, len: 1, write: true }])).status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(h.g.bytes.subarray(buf.addr, buf.addr + buf.len), h.diskBytes.subarray(2048, 2048 + 6144));
+    fillPattern(h.g.bytes.subarray(buf.addr, buf.addr + buf.len), 99);
+    h.header(VIRTIO_BLK_T_OUT, 200);
+    assert.equal((await h.run([{ addr: HDR, len: 16 }, { ...buf, write: false }, { addr: STATUS, len: 1, write: true }])).status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(h.diskBytes.subarray(102400, 102400 + 6144), h.g.bytes.subarray(buf.addr, buf.addr + buf.len));
+    assert.equal(h.blk.stats.bounced, 2);
+  });
+
+  it('parks requests while every bounce slot is busy and runs them as slots free', async () => {
+    const h = harness(direct(512), undefined, { engineAlignment: 512, bounceSlots: 1 });
+    fillPattern(h.diskBytes, 5);
+    const reqAt = (data: number, status: number, len: number): Part[] =>
+      [{ addr: HDR, len: 16 }, { addr: data, len, write: true }, { addr: status, len: 1, write: true }];
+    // Each request needs its own header for its own sector.
+    const parts = [reqAt(DATA + 1, STATUS, 1024), reqAt(DATA + 0x4001, STATUS + 1, 2048), reqAt(DATA + 0x8000, STATUS + 2, 512)];
+    const sectors = [0, 10, 20];
+    [0, 1, 2].forEach((i) => { h.header(VIRTIO_BLK_T_IN, sectors[i], HDR + 0x100 * i); parts[i][0].addr = HDR + 0x100 * i; });
+    const rs = await h.runBatch([{ head: 0, parts: parts[0] }, { head: 4, parts: parts[1] }, { head: 8, parts: parts[2] }]);
+    assert.deepEqual(rs.map((r) => r.status), [VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK]);
+    parts.forEach((p, i) => assert.deepEqual(h.g.bytes.subarray(p[1].addr, p[1].addr + p[1].len),
+      h.diskBytes.subarray(sectors[i] * 512, sectors[i] * 512 + p[1].len), `request ${i} data`));
+    // The aligned request went ahead; the second misaligned one waited for the first's slot.
+    assert.deepEqual(h.engine.calls.map((c) => c.slot), [0, 8, 4]);
+    assert.equal(h.blk.stats.bounceWaits, 1);
+    assert.equal(h.blk.stats.bounced, 2);
+  });
+
+  it('fails a bounced request whose chunk fails, and frees its slot', async () => {
+    const h = harness(direct(512), undefined, { engineAlignment: 512, bounceSlots: 1, bounceSlotBytes: 4096 });
+    h.engine.injected.push(0, -5);
+    h.g.bytes.fill(0x42, DATA + 1, DATA + 1 + 8192);
+    h.header(VIRTIO_BLK_T_OUT, 0);
+    const parts: Part[] = [{ addr: HDR, len: 16 }, { addr: DATA + 1, len: 8192 }, { addr: STATUS, len: 1, write: true }];
+    assert.equal((await h.run(parts)).status, VIRTIO_BLK_S_IOERR);
+    assert.equal(h.engine.calls.length, 2);
+    h.header(VIRTIO_BLK_T_OUT, 0);
+    assert.equal((await h.run(parts)).status, VIRTIO_BLK_S_OK, 'the only slot is free again');
+    assert.ok(h.diskBytes.subarray(0, 8192).every((b) => b === 0x42));
+  });
+
+  it('syncs a bounced write after its last chunk in write-through mode', async () => {
+    const h = harness(direct(512), { writeback: false }, { engineAlignment: 512, bounceSlotBytes: 4096 });
+    h.header(VIRTIO_BLK_T_OUT, 0);
+    const parts: Part[] = [{ addr: HDR, len: 16 }, { addr: DATA + 1, len: 8192 }, { addr: STATUS, len: 1, write: true }];
+    assert.equal((await h.run(parts)).status, VIRTIO_BLK_S_OK);
+    assert.deepEqual(h.engine.calls.map((c) => c.op), [IO_WRITE, IO_WRITE, IO_FLUSH]);
+  });
+
+  it('frees the bounce slot of a write-through write before its sync, for the next request', async () => {
+    const h = harness(direct(512), { writeback: false }, { engineAlignment: 512, bounceSlots: 1 });
+    const a: Part[] = [{ addr: HDR, len: 16 }, { addr: DATA + 1, len: 512 }, { addr: STATUS, len: 1, write: true }];
+    const b: Part[] = [{ addr: HDR, len: 16 }, { addr: DATA + 0x1001, len: 512 }, { addr: STATUS + 1, len: 1, write: true }];
+    h.header(VIRTIO_BLK_T_OUT, 0);
+    const rs = await h.runBatch([{ head: 0, parts: a }, { head: 4, parts: b }]);
+    assert.deepEqual(rs.map((r) => r.status), [VIRTIO_BLK_S_OK, VIRTIO_BLK_S_OK]);
+    assert.deepEqual(h.engine.calls.map((c) => [c.slot, c.op]), [[0, IO_WRITE], [0, IO_FLUSH], [4, IO_WRITE], [4, IO_FLUSH]]);
+    assert.equal(h.engine.maxPending, 2, "the second write ran during the first one's sync");
+  });
+
+  it('allocates the pool only for direct disks and frees it on close', () => {
+    const h = harness(direct(512));
+    assert.equal(h.bounce.allocations, 1);
+    h.blk.close();
+    h.blk.close();
+    assert.equal(h.bounce.freed, 1);
+    const plain = harness();
+    assert.equal(plain.bounce.allocations, 0);
+    assert.throws(() => harness(direct(3000, 4096)), /power of two/);
+  });
+
+  it('maps a page-aligned bounce area with the native addon', function () {
+    let mapBounceArea: typeof import('../../src/blk/bounce').mapBounceArea;
+    try {
+      require('../../src/native/addon');
+      mapBounceArea = (require('../../src/blk/bounce') as typeof import('../../src/blk/bounce')).mapBounceArea;
+    } catch {
+      this.skip();
+    }
+    const size = 3 * 4096;
+    const area = mapBounceArea!(size);
+    assert.equal(area.hostAddr % 4096, 0);
+    assert.equal(area.bytes.length, size);
+    area.bytes[0] = 1;
+    area.bytes[size - 1] = 2;
+    assert.equal(area.bytes[0] + area.bytes[size - 1], 3);
+    area.free();
+    assert.equal(area.bytes.length, 0, 'detached before unmapping');
+    area.free();
   });
 });

@@ -123,6 +123,42 @@ describe('split virtqueue', () => {
     assert.equal(q.hasAvailable(), false);
   });
 
+  it('breaks the ring on a head that is out of range or offered again while in flight', () => {
+    const a = setup();
+    makeAvailable(a.view, AVAIL, SIZE, [SIZE]);
+    assert.equal(a.q.pop(), -1);
+    assert.match(a.q.brokenReason, /out of range/);
+    const b = setup();
+    makeAvailable(b.view, AVAIL, SIZE, [2, 2]);
+    assert.equal(b.q.pop(), 2);
+    assert.equal(b.q.pop(), -1);
+    assert.match(b.q.brokenReason, /again while in flight/);
+    const c = setup();
+    makeAvailable(c.view, AVAIL, SIZE, [2]);
+    c.q.pop();
+    c.q.push(2, 1);
+    makeAvailable(c.view, AVAIL, SIZE, [2]);
+    assert.equal(c.q.pop(), 2, 'a returned head may be offered again');
+  });
+
+  it('tells when the requests in flight at a moment are all returned', () => {
+    const { view, q } = setup();
+    makeAvailable(view, AVAIL, SIZE, [1, 2]);
+    q.pop();
+    q.pop();
+    let done = false;
+    q.whenInFlightDone(() => { done = true; });
+    makeAvailable(view, AVAIL, SIZE, [3]);
+    q.pop(); // started after the question: not waited for
+    q.push(2, 1);
+    assert.equal(done, false);
+    q.push(1, 1);
+    assert.equal(done, true);
+    let immediate = false;
+    setup().q.whenInFlightDone(() => { immediate = true; });
+    assert.equal(immediate, true);
+  });
+
   it('stops touching a broken ring but still accounts for requests in flight', () => {
     const { view, q } = setup();
     makeAvailable(view, AVAIL, SIZE, [3]);
