@@ -48,7 +48,7 @@ export class DataPlane {
   private readonly running = new Map<number, Running>();
 
   constructor(private readonly mem: GuestMemory, private readonly makeHandler: QueueHandlerFactory,
-              private readonly log: Logger) {}
+              private readonly log: Logger, private readonly pollMaxNs = 0) {}
 
   isRunning(index: number): boolean { return this.running.has(index); }
 
@@ -60,7 +60,7 @@ export class DataPlane {
     if (why !== undefined) return `queue ${cfg.index}: ${why}`;
     const queue = new SplitQueue(this.mem, layout, cfg.base, { eventIdx: cfg.eventIdx, indirect: cfg.indirect });
     const log = this.log.child({ queue: cfg.index });
-    const runner = new QueueRunner(cfg.index, queue, cfg.kickFd, cfg.callFd, cfg.errFd, log);
+    const runner = new QueueRunner(cfg.index, queue, cfg.kickFd, cfg.callFd, cfg.errFd, log, this.pollMaxNs);
     const handler = this.makeHandler({ index: cfg.index, queue, mem: this.mem, onCompleted: () => runner.completed(), log });
     runner.attach(handler);
     runner.setEnabled(cfg.enabled);

@@ -4,6 +4,7 @@
 //
 // Nothing the guest or the front-end does may throw out of here: a failure in
 // a callback would end the whole thread. Errors stop this ring instead.
+import { performance } from 'node:perf_hooks';
 import { Watcher, POLL_READABLE, native } from '../native/addon';
 import { Logger } from '../util/log';
 import { SplitQueue } from '../virtq/split';
@@ -13,6 +14,37 @@ export interface RequestHandler {
   handle(head: number): void;
   /** Called after each drain of the available ring. */
   endBatch(): void;
+}
+
+/** Polling windows grow from this (QEMU's default grow start). */
+const POLL_MIN_NS = 4000;
+
+const nowNs = (): number => performance.now() * 1e6;
+
+/**
+ * Adaptive polling (like QEMU's iothread poll-max-ns): after a batch the
+ * runner keeps looking at the available ring for `pollNs` with guest kicks
+ * suppressed, on later turns of the event loop so completions keep flowing.
+ * The window grows when the guest's next kick came soon after we stopped
+ * polling (polling a little longer would have caught it) and drops to zero
+ * when the queue sat idle for longer than pollMaxNs. An idle queue polls not
+ * at all, so an idle iothread uses no CPU.
+ */
+export class PollWindow {
+  ns = 0;
+  /** When polling last gave up; 0 while polling or before the first batch. */
+  idleSince = 0;
+
+  constructor(readonly maxNs: number) {}
+
+  /** A kick arrived: learn from how long the queue sat idle. */
+  kicked(now: number): void {
+    if (this.maxNs <= 0 || this.idleSince === 0) return;
+    const idle = now - this.idleSince;
+    this.idleSince = 0;
+    if (idle > this.maxNs) this.ns = 0;
+    else if (idle > this.ns) this.ns = Math.min(this.maxNs, Math.max(POLL_MIN_NS, this.ns * 2));
+  }
 }
 
 export class QueueRunner {
@@ -30,9 +62,18 @@ export class QueueRunner {
     this.drain();
   };
   private readonly onKickBound = (events: number): void => this.onKick(events);
+  private readonly poll: PollWindow;
+  private polling = false;
+  private pollDeadline = 0;
+  private readonly pollTickBound = (): void => this.pollTick();
 
   constructor(readonly index: number, readonly queue: SplitQueue, private kickFd: number,
-              private callFd: number, private errFd: number, private readonly log: Logger) {}
+              private callFd: number, private errFd: number, private readonly log: Logger, pollMaxNs = 0) {
+    this.poll = new PollWindow(pollMaxNs);
+  }
+
+  /** Current polling window in ns (for tests and diagnostics). */
+  get pollNs(): number { return this.poll.ns; }
 
   /** The handler needs `completed` of this runner, so it is attached after construction. */
   attach(handler: RequestHandler): void {
@@ -94,6 +135,7 @@ export class QueueRunner {
     } catch (e) {
       return this.fail(`cannot read the kick fd: ${(e as Error).message}`);
     }
+    if (this.poll.maxNs > 0) this.poll.kicked(nowNs());
     this.drain();
   }
 
@@ -104,15 +146,21 @@ export class QueueRunner {
    */
   drain(): void {
     const q = this.queue;
-    const handler = this.handler!;
-    if (!this.enabled || this.stopped || this.stopWaiter !== undefined || q.broken) return;
+    if (!this.canRun()) return;
     let budget = q.size;
     try {
-      do {
-        q.suppressKicks();
-        for (let head = q.pop(); head >= 0; head = budget-- > 0 ? q.pop() : -1) handler.handle(head);
-      } while (budget > 0 && !q.broken && q.allowKicks());
-      handler.endBatch();
+      q.suppressKicks();
+      budget -= this.take(budget);
+      if (this.poll.ns > 0 && budget > 0) {
+        // Kicks stay suppressed: the poll window watches the ring instead.
+        this.startPolling();
+      } else {
+        while (budget > 0 && !q.broken && q.allowKicks()) {
+          q.suppressKicks();
+          budget -= this.take(budget);
+        }
+      }
+      this.handler!.endBatch();
     } catch (e) {
       return this.fail(`request handling failed: ${(e as Error).stack ?? e}`);
     }
@@ -122,6 +170,63 @@ export class QueueRunner {
       setImmediate(this.drainBound);
     }
     this.flush();
+  }
+
+  private canRun(): boolean {
+    return this.enabled && !this.stopped && this.stopWaiter === undefined && !this.queue.broken;
+  }
+
+  /** Hand up to `max` available requests to the handler; returns how many. */
+  private take(max: number): number {
+    const q = this.queue;
+    const handler = this.handler!;
+    let n = 0;
+    for (let head = n < max ? q.pop() : -1; head >= 0; head = ++n < max ? q.pop() : -1) handler.handle(head);
+    return n;
+  }
+
+  private startPolling(): void {
+    this.pollDeadline = nowNs() + this.poll.ns;
+    this.poll.idleSince = 0;
+    if (this.polling) return;
+    this.polling = true;
+    setImmediate(this.pollTickBound);
+  }
+
+  /** One look at the ring per event-loop turn while the poll window lasts. */
+  private pollTick(): void {
+    const q = this.queue;
+    if (!this.canRun()) {
+      this.polling = false;
+      return;
+    }
+    try {
+      if (q.hasAvailable()) {
+        const n = this.take(q.size);
+        this.handler!.endBatch();
+        this.pollDeadline = nowNs() + this.poll.ns;
+        if (n > 0) this.flush();
+      } else if (nowNs() >= this.pollDeadline) {
+        // Window over: back to kicks, unless buffers raced in while we re-enabled them.
+        if (!q.allowKicks()) {
+          this.polling = false;
+          this.poll.idleSince = nowNs();
+          return;
+        }
+        q.suppressKicks();
+        this.take(q.size);
+        this.handler!.endBatch();
+        this.flush();
+      }
+    } catch (e) {
+      this.polling = false;
+      return this.fail(`request handling failed: ${(e as Error).stack ?? e}`);
+    }
+    if (q.broken) {
+      this.polling = false;
+      return this.reportBroken();
+    }
+    setImmediate(this.pollTickBound);
   }
 
   /** A request was completed; publish at the end of this loop turn, once for the whole batch. */

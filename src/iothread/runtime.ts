@@ -17,9 +17,9 @@ export class IothreadRuntime {
   private readonly device: DeviceRuntime;
   private readonly dataPlane: DataPlane;
 
-  constructor(spec: DeviceSpec, private readonly log: Logger, selectEngine?: EngineSelector) {
+  constructor(spec: DeviceSpec, private readonly log: Logger, selectEngine?: EngineSelector, pollMaxNs = 0) {
     this.device = createDeviceRuntime(spec, log, selectEngine);
-    this.dataPlane = new DataPlane(this.mem, this.device.queueHandlers, log);
+    this.dataPlane = new DataPlane(this.mem, this.device.queueHandlers, log, pollMaxNs);
   }
 
   get engineName(): string { return this.device.engineName; }

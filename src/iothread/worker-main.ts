@@ -10,7 +10,7 @@ const init = workerData as IothreadInit;
 const log = rootLog.child({ iothread: init.name });
 native.setThreadName(init.name);
 if (init.cpus.length > 0) native.setThreadAffinity(init.cpus);
-const runtime = new IothreadRuntime(init.spec, log);
+const runtime = new IothreadRuntime(init.spec, log, undefined, init.pollMaxNs);
 log.debug('iothread started', { engine: runtime.engineName, tid: native.gettid() });
 
 let chain: Promise<void> = Promise.resolve();

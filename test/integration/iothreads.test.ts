@@ -72,6 +72,23 @@ describe('iothreads', function () {
     assert.ok(busy1 >= 5 && busy0 * 4 < busy1, `iothread 1 should do the work: io0=${busy0} io1=${busy1} ticks`);
   });
 
+  it('uses no CPU while idle, with polling enabled', async () => {
+    const s = await serve(['--iothreads', '2', '--poll-max-ns', '32768'], 2);
+    fe = await BlkFrontend.connect({ socketPath: s.socketPath, numQueues: 2 });
+    // Busy first, so the poll windows have grown.
+    for (let round = 0; round < 200; round++) {
+      await Promise.all(Array.from({ length: 8 }, (_, i) => fe!.read(i % 2, i * 8, 4096)));
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    const before = threadCpu(s.proc.pid!);
+    await new Promise((r) => setTimeout(r, 3000));
+    const after = threadCpu(s.proc.pid!);
+    let ticks = 0;
+    for (const [name, t] of after) ticks += t - (before.get(name) ?? 0);
+    // 1 % of a core over 3 s is 3 ticks of 10 ms.
+    assert.ok(ticks < 3, `idle server used ${ticks} ticks in 3 s`);
+  });
+
   it('answers GET_VRING_BASE only after every request in flight is completed and published', async () => {
     const s = await serve(['--iothreads', '2'], 2);
     fe = await BlkFrontend.connect({ socketPath: s.socketPath, numQueues: 2, queueSize: 256 });
