@@ -23,6 +23,14 @@ describe('vublk command line', function () {
     [['serve', 'missing.img'], /^vublk: missing.img: no such image file/],
     [['serve', '--serial', 'x'.repeat(21)], /^vublk: --serial:/],
     [['frobnicate'], /^vublk: frobnicate: unknown command/],
+    [['serve', '--iothreads', '0'], /^vublk: --iothreads: expected an integer in 1\.\.64/],
+    [['serve', '--num-queues', '2', '--queue-map', '5:0'], /^vublk: --queue-map: queue 5 does not exist/],
+    [['serve', '--iothreads', '2', '--queue-map', '0:2'], /^vublk: --queue-map: iothread 2 does not exist/],
+    [['serve', '--queue-map', '0-1'], /^vublk: --queue-map: expected N:M items/],
+    [['serve', '--iothread-cpus', '3:0'], /^vublk: --iothread-cpus: iothread 3 does not exist/],
+    [['serve', '--cache', 'bogus'], /^vublk: --cache: expected one of none, writeback, writethrough, directsync/],
+    [['serve', '--aio', 'posix'], /^vublk: --aio: expected io_uring or threads/],
+    [['serve', '--poll-max-ns', '-1'], /^vublk: --poll-max-ns: (missing value|expected an integer)/],
     [['serve', '--socket', '/nonexistent-dir/s.sock'], /^vublk: .*ENOENT|no such file/i],
   ] as Array<[string[], RegExp]>) {
     it(`rejects ${args.join(' ')} with one line and status 2, leaving nothing behind`, () => {
