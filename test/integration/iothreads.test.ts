@@ -56,6 +56,18 @@ describe('iothreads', function () {
     }
   });
 
+  it('pins iothreads to the CPUs given', async () => {
+    const s = await serve(['--iothreads', '2', '--iothread-cpus', '0:1,1:0+1']);
+    const allowed = new Map<string, string>();
+    for (const tid of fs.readdirSync(`/proc/${s.proc.pid}/task`)) {
+      const status = fs.readFileSync(`/proc/${s.proc.pid}/task/${tid}/status`, 'utf8');
+      const name = /^Name:\s*(.*)$/m.exec(status)![1];
+      allowed.set(name, /^Cpus_allowed_list:\s*(.*)$/m.exec(status)![1]);
+    }
+    assert.equal(allowed.get('vublk-io0'), '1');
+    assert.equal(allowed.get('vublk-io1'), '0-1');
+  });
+
   it('processes each queue on the iothread the queue map gives it', async () => {
     // Queues 0 and 1 on iothread 1, queues 2 and 3 on iothread 0.
     const s = await serve(['--iothreads', '2', '--queue-map', '0:1,1:1,2:0,3:0']);
