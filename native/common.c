@@ -205,3 +205,30 @@ void invoke_js(napi_env env, napi_async_context ctx, napi_value recv, napi_value
   if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
 }
 
+
+bool arg_iov_request(napi_env env, const napi_value *argv, uint32_t max_iov, struct iovec *out,
+                     double *offset, uint32_t *count) {
+  if (!arg_integer(env, argv[0], "offset", 0, TWO_POW_53, offset)) return false;
+  bool is_ta = false;
+  napi_typedarray_type type;
+  size_t len;
+  void *data;
+  NAPI_OK_B(env, napi_is_typedarray(env, argv[1], &is_ta));
+  if (is_ta) NAPI_OK_B(env, napi_get_typedarray_info(env, argv[1], &type, &len, &data, NULL, NULL));
+  if (!is_ta || type != napi_float64_array) return (throw_type(env, "%s must be a Float64Array", "iov"), false);
+  double n_pairs;
+  if (!arg_integer(env, argv[2], "iovCount", 0, max_iov, &n_pairs)) return false;
+  if ((size_t)n_pairs * 2 > len) return (throw_range(env, "iov holds fewer than iovCount pairs"), false);
+  const double *pairs = data;
+  for (uint32_t i = 0; i < (uint32_t)n_pairs; i++) {
+    double addr = pairs[2 * i], n = pairs[2 * i + 1];
+    if (!(addr >= 0 && addr <= TWO_POW_53 && (double)(int64_t)addr == addr))
+      return (throw_range(env, "iov address must be an integer in [0, 2^53]"), false);
+    if (!(n >= 0 && n <= TWO_POW_53 && (double)(int64_t)n == n))
+      return (throw_range(env, "iov length must be an integer in [0, 2^53]"), false);
+    out[i].iov_base = (void *)(uintptr_t)addr;
+    out[i].iov_len = (size_t)n;
+  }
+  *count = (uint32_t)n_pairs;
+  return true;
+}

@@ -37,7 +37,9 @@
 // Matches addon.ts; libuv's bit values are part of its stable API.
 #define WATCH_EVENT_MASK (UV_READABLE | UV_WRITABLE | UV_DISCONNECT)
 
+// Engine operations; numbers match src/native/io-ops.ts.
 enum { IO_READ = 0, IO_WRITE = 1, IO_FLUSH = 2 };
+enum { IO_PUNCH_HOLE = 3, IO_ZERO_RANGE = 4, IO_BLKDISCARD = 5, IO_BLKZEROOUT = 6 };
 
 _Static_assert(MAX_IOV <= IOV_MAX, "one preadv call must accept a whole slot");
 
@@ -79,6 +81,15 @@ bool unwrap_tagged(napi_env env, napi_value v, const napi_type_tag *tag, const c
 napi_value make_int(napi_env env, int64_t v);
 napi_value make_undefined(napi_env env);
 void invoke_js(napi_env env, napi_async_context ctx, napi_value recv, napi_value fn, size_t argc, const napi_value *argv);
+
+// A range operation run synchronously (fallocate or BLKDISCARD/BLKZEROOUT), on a
+// pool thread; 0 or -errno. Shared by both engines (vublk.c).
+int64_t vublk_range_op(int op, int fd, uint64_t offset, uint64_t length);
+
+// Arguments (offset, iov Float64Array of address/length pairs, iovCount) of an
+// engine submission, written into `out` (at most max_iov entries) (common.c).
+bool arg_iov_request(napi_env env, const napi_value *argv, uint32_t max_iov, struct iovec *out,
+                     double *offset, uint32_t *count);
 
 // Module registration: each defines its functions on `exports`.
 napi_status vublk_register_uring(napi_env env, napi_value exports);

@@ -593,8 +593,6 @@ static napi_value js_watch(napi_env env, napi_callback_info info) {
 // Range operations (src/native/io-ops.ts). Shared with uring.c, which runs the
 // two ioctls through vublk_range_op on the pool as well (io_uring has no
 // portable opcode for them).
-enum { IO_PUNCH_HOLE = 3, IO_ZERO_RANGE = 4, IO_BLKDISCARD = 5, IO_BLKZEROOUT = 6 };
-int64_t vublk_range_op(int op, int fd, uint64_t offset, uint64_t length);
 
 // Blocking; runs on a pool thread. Returns 0 or -errno.
 int64_t vublk_range_op(int op, int fd, uint64_t offset, uint64_t length) {
@@ -893,30 +891,10 @@ static napi_value js_io_engine_submit(napi_env env, napi_callback_info info) {
   io_slot *s = engine_slot_arg(env, argv, "ioEngineSubmit", IO_READ, IO_FLUSH, &e, &op, &fd);
   if (!s) return NULL;
 
-  if (op != IO_FLUSH) {
-    if (!arg_integer(env, argv[4], "offset", 0, TWO_POW_53, &offset)) return NULL;
-    bool is_ta = false;
-    napi_typedarray_type type;
-    size_t len;
-    void *data;
-    NAPI_OK(env, napi_is_typedarray(env, argv[5], &is_ta));
-    if (is_ta) NAPI_OK(env, napi_get_typedarray_info(env, argv[5], &type, &len, &data, NULL, NULL));
-    if (!is_ta || type != napi_float64_array)
-      return throw_type(env, "%s must be a Float64Array", "iov");
-    if (!arg_integer(env, argv[6], "iovCount", 0, e->max_iov, &count)) return NULL;
-    if ((size_t)count * 2 > len) return throw_range(env, "iov holds fewer than iovCount pairs");
-    const double *pairs = data;
-    // Straight into the idle slot; nothing runs on it until uv_queue_work.
-    for (uint32_t i = 0; i < (uint32_t)count; i++) {
-      double addr = pairs[2 * i], n = pairs[2 * i + 1];
-      if (!(addr >= 0 && addr <= TWO_POW_53 && (double)(int64_t)addr == addr))
-        return throw_range(env, "iov address must be an integer in [0, 2^53]");
-      if (!(n >= 0 && n <= TWO_POW_53 && (double)(int64_t)n == n))
-        return throw_range(env, "iov length must be an integer in [0, 2^53]");
-      s->iov[i].iov_base = (void *)(uintptr_t)addr;
-      s->iov[i].iov_len = (size_t)n;
-    }
-  }
+  uint32_t n_iov = 0;
+  // Straight into the idle slot; nothing runs on it until uv_queue_work.
+  if (op != IO_FLUSH && !arg_iov_request(env, argv + 4, e->max_iov, s->iov, &offset, &n_iov)) return NULL;
+  count = n_iov;
 
   s->op = op;
   s->fd = fd;
