@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NPM ?= npm
 
-.PHONY: setup deps build run test test-unit test-integration test-guest guest clean
+.PHONY: setup deps build run test test-unit test-integration test-guest guest bench clean
 
 ## Install system packages (qemu, fio, busybox) and npm packages, then build the addon and TypeScript.
 setup: deps build
@@ -36,6 +36,11 @@ test-guest: build guest
 
 guest:
 	scripts/build-guest.sh
+
+## Benchmark vublk against qemu-storage-daemon (a few minutes); writes docs/benchmarks.md and .json.
+## Pass driver options with BENCH_ARGS, e.g. make bench BENCH_ARGS='--duration 5 --rounds 1'.
+bench: build
+	BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" scripts/bench/run.sh $(BENCH_ARGS)
 
 clean:
 	rm -rf dist native/build
