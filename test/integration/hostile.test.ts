@@ -95,6 +95,7 @@ describe('hostile guests and front-ends', function () {
       await new Promise((r) => setImmediate(r));
       f.client.close();
       await Promise.all(pending);
+      await f.disconnect(); // releases our side: ring memory and eventfd watchers
       fe = undefined;
     }
     await stillServes(await connect(), 0);
