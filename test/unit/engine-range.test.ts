@@ -10,21 +10,11 @@ import { IO_BLKDISCARD, IO_BLKZEROOUT, IO_PUNCH_HOLE, IO_READ, IO_ZERO_RANGE, na
 import { CompletionHandler, StorageEngine } from '../../src/storage/engine';
 import { ThreadPoolEngine } from '../../src/storage/threadpool';
 import { UringEngine } from '../../src/storage/uring';
+import { waitFor } from '../support/wait';
 
 const ERRNO = os.constants.errno;
 const MiB = 1 << 20;
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-async function waitFor(what: string, pred: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(2);
-  }
-}
 
 type EngineMaker = (slots: number, onComplete: CompletionHandler) => StorageEngine;
 const ENGINES: Array<[string, EngineMaker]> = [

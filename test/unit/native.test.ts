@@ -10,6 +10,7 @@ import { Worker } from 'node:worker_threads';
 import {
   native, IoEngineHandle, Watcher, POLL_READABLE, IO_READ, IO_WRITE, IO_FLUSH,
 } from '../../src/native/addon';
+import { sleep } from '../support/wait';
 
 const ERRNO = os.constants.errno;
 const O_NONBLOCK = 0o4000;
@@ -54,9 +55,6 @@ function openFdCount(): number {
   return fs.readdirSync('/proc/self/fd').length;
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 async function waitFor(what: string, pred: () => boolean, timeoutMs = 2000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

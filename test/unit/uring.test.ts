@@ -18,6 +18,7 @@ import { probeUring, selectEngine, UringAvailability } from '../../src/storage/s
 import { ThreadPoolEngine } from '../../src/storage/threadpool';
 import { UringEngine } from '../../src/storage/uring';
 import { Logger, setLogSink } from '../../src/util/log';
+import { sleep, waitFor } from '../support/wait';
 
 const ERRNO = os.constants.errno;
 // Compiled modules, for workers that must load them themselves.
@@ -26,17 +27,6 @@ const ADDON_JS = path.join(__dirname, '..', '..', 'src', 'native', 'addon.js');
 v8.setFlagsFromString('--expose-gc');
 const forceGc = vm.runInNewContext('gc') as () => void;
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-async function waitFor(what: string, pred: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(2);
-  }
-}
 
 function assertCode(fn: () => unknown, code: string): void {
   assert.throws(fn, (err: NodeJS.ErrnoException) => {
