@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NPM ?= npm
 
-.PHONY: setup deps build run test test-unit test-integration test-guest guest bench clean
+.PHONY: setup deps build run test test-unit test-integration test-guest guest bench install-vhost-user-json clean
 
 ## Install system packages (qemu, fio, busybox) and npm packages, then build the addon and TypeScript.
 setup: deps build
@@ -41,6 +41,11 @@ guest:
 ## Pass driver options with BENCH_ARGS, e.g. make bench BENCH_ARGS='--duration 5 --rounds 1'.
 bench: build
 	BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" scripts/bench/run.sh $(BENCH_ARGS)
+
+## Install the vhost-user back-end description (type "block") for QEMU/libvirt discovery.
+VHOST_USER_JSON_DIR ?= /usr/share/qemu/vhost-user
+install-vhost-user-json: build
+	scripts/vhost-user/install-description.sh $(VHOST_USER_JSON_DIR)
 
 clean:
 	rm -rf dist native/build

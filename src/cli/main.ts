@@ -37,7 +37,7 @@ async function serve(o: ServeOptions): Promise<void> {
   let exp: BlkExport;
   try {
     exp = await BlkExport.open({
-      id: 'vublk0', socketPath: o.socketPath, imagePath, readOnly: o.readOnly, numQueues: o.numQueues,
+      id: 'vublk0', socketPath: o.socketPath, listenFd: o.listenFd, imagePath, readOnly: o.readOnly, numQueues: o.numQueues,
       logicalBlockSize: o.logicalBlockSize, serial: o.serial, writeback: o.writeback, direct: o.direct,
       iothreads: o.iothreads, queueMap: o.queueMap, iothreadCpus: o.iothreadCpus, aio: o.aio, pollMaxNs: o.pollMaxNs,
     });
@@ -60,11 +60,16 @@ async function serve(o: ServeOptions): Promise<void> {
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
   // Announce only once signals are handled: a supervisor may stop us right after.
-  process.stdout.write(`vublk: serving ${imagePath} on ${path.resolve(o.socketPath)}\nAttach a guest with:\n  ${qemuAttachLine(o.socketPath)}\n`);
+  const where = o.listenFd !== undefined ? `inherited socket fd ${o.listenFd}` : path.resolve(o.socketPath);
+  process.stdout.write(`vublk: serving ${imagePath} on ${where}\nAttach a guest with:\n  ${qemuAttachLine(o.socketPath)}\n`);
 }
 
+/** What --print-capabilities reports (QEMU docs/interop/vhost-user.json, VHostUserBackendCapabilities). */
+export const CAPABILITIES = { type: 'block', features: ['read-only', 'blk-file'] };
+
 export function main(argv: string[]): void {
-  const [command, ...rest] = argv;
+  // A back-end program started by QEMU tooling gets options only, no subcommand.
+  const [command, ...rest] = argv[0]?.startsWith('--') && argv[0] !== '--help' ? ['serve', ...argv] : argv;
   if (command === undefined || command === '--help' || command === '-h') {
     process.stdout.write(`${USAGE}\n`);
     process.exit(command === undefined ? 2 : 0);
@@ -80,6 +85,10 @@ export function main(argv: string[]): void {
   } catch (e) {
     if (e instanceof UsageError) fail(e.message);
     throw e;
+  }
+  if (o.printCapabilities) {
+    process.stdout.write(`${JSON.stringify(CAPABILITIES, null, 2)}\n`);
+    process.exit(0);
   }
   void serve(o);
 }

@@ -2,6 +2,10 @@
 
 export interface ServeOptions {
   socketPath: string;
+  /** An inherited, already listening socket (vhost-user back-end convention --fd); replaces socketPath. */
+  listenFd: number | undefined;
+  /** --print-capabilities: print the back-end's capabilities as JSON and exit. */
+  printCapabilities: boolean;
   imagePath: string | undefined;
   numQueues: number;
   readOnly: boolean;
@@ -46,10 +50,12 @@ export const DEFAULT_SERIAL = 'vublk';
 export class UsageError extends Error {}
 
 export const SERVE_USAGE =
-  'usage: vublk serve [--socket PATH] [--num-queues N] [--readonly] [--logical-block-size 512|4096]\n' +
+  'usage: vublk serve [--socket PATH | --fd FD] [--num-queues N] [--readonly] [--logical-block-size 512|4096]\n' +
   '                   [--serial ID] [--cache none|writeback|writethrough|directsync] [--aio io_uring|threads]\n' +
   '                   [--iothreads N] [--queue-map Q:T,...] [--iothread-cpus T:CPU[+CPU...],...]\n' +
-  '                   [--poll-max-ns NS] [IMAGE]';
+  '                   [--poll-max-ns NS] [IMAGE | --blk-file IMAGE]\n' +
+  '       vublk --socket-path PATH --blk-file IMAGE [--read-only] ...   (vhost-user back-end conventions)\n' +
+  '       vublk --print-capabilities';
 
 function integer(flag: string, v: string, min: number, max: number): number {
   const n = Number(v);
@@ -68,11 +74,12 @@ function pairs(flag: string, v: string): Array<[number, number[]]> {
 
 export function parseServeArgs(argv: string[]): ServeOptions {
   const o: ServeOptions = {
-    socketPath: DEFAULT_SOCKET, imagePath: undefined, numQueues: DEFAULT_NUM_QUEUES, readOnly: false,
+    socketPath: DEFAULT_SOCKET, listenFd: undefined, printCapabilities: false, imagePath: undefined, numQueues: DEFAULT_NUM_QUEUES, readOnly: false,
     logicalBlockSize: undefined, serial: DEFAULT_SERIAL, writeback: true, direct: false,
     iothreads: 1, queueMap: undefined, iothreadCpus: [], aio: 'auto', pollMaxNs: DEFAULT_POLL_MAX_NS,
   };
   let queueMapArg: Array<[number, number[]]> | undefined;
+  let socketGiven = false;
   const value = (i: number, name: string): string => {
     const v = argv[i + 1];
     if (v === undefined || v.startsWith('--')) throw new UsageError(`${name}: missing value`);
@@ -88,9 +95,24 @@ export function parseServeArgs(argv: string[]): ServeOptions {
       return v;
     };
     switch (flag) {
+      // --socket-path, --fd, --blk-file and --print-capabilities are the vhost-user
+      // spec's "back-end program conventions", so tools that start back-ends can start us.
       case '--socket':
+      case '--socket-path':
         o.socketPath = take();
-        if (o.socketPath === '') throw new UsageError('--socket: empty path');
+        if (o.socketPath === '') throw new UsageError(`${flag}: empty path`);
+        socketGiven = true;
+        break;
+      case '--fd':
+        o.listenFd = integer(flag, take(), 0, 65535);
+        break;
+      case '--blk-file':
+        if (o.imagePath !== undefined) throw new UsageError(`${flag}: only one image may be given`);
+        o.imagePath = take();
+        break;
+      case '--print-capabilities':
+        if (inline !== undefined) throw new UsageError(`${flag}: takes no value`);
+        o.printCapabilities = true;
         break;
       case '--num-queues':
         o.numQueues = integer(flag, take(), 1, MAX_NUM_QUEUES);
@@ -145,6 +167,7 @@ export function parseServeArgs(argv: string[]): ServeOptions {
         o.imagePath = a;
     }
   }
+  if (o.listenFd !== undefined && socketGiven) throw new UsageError('--fd: cannot be combined with --socket-path');
   if (queueMapArg !== undefined) {
     // Queues not named keep the round-robin default.
     const map = Array.from({ length: o.numQueues }, (_, q) => q % o.iothreads);

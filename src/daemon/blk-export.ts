@@ -14,6 +14,8 @@ import { UnixListener } from './listener';
 export interface BlkExportOptions {
   id: string;
   socketPath: string;
+  /** Inherited listening socket to use instead of socketPath. */
+  listenFd?: number;
   imagePath: string;
   readOnly: boolean;
   numQueues: number;
@@ -81,7 +83,7 @@ export class BlkExport {
   }
 
   private listen(): void {
-    this.listener = new UnixListener({ path: this.o.socketPath, mode: this.o.socketMode }, (fd) => this.accept(fd));
+    this.listener = new UnixListener({ path: this.o.socketPath, fd: this.o.listenFd, mode: this.o.socketMode }, (fd) => this.accept(fd));
     this.log.info('listening', { socket: this.o.socketPath, image: this.o.imagePath, readonly: this.o.readOnly, queues: this.o.numQueues });
   }
 

@@ -6,6 +6,8 @@ import { log } from '../util/log';
 
 export interface ListenerOptions {
   path: string;
+  /** Use this inherited listening socket instead of creating one at `path` (which is then left alone). */
+  fd?: number;
   /** Permission bits of the socket file (default 0600: only the owner may attach). */
   mode?: number;
 }
@@ -15,12 +17,17 @@ export class UnixListener {
   readonly fd: number;
 
   constructor(private readonly o: ListenerOptions, onConnection: (fd: number) => void) {
-    try {
-      this.fd = listenReplacingStale(o.path);
-    } catch (e) {
-      throw new Error(`socket ${o.path}: ${(e as Error).message}`);
+    if (o.fd !== undefined) {
+      if (!isListeningSocket(o.fd)) throw new Error(`--fd ${o.fd}: not a socket`);
+      this.fd = o.fd;
+    } else {
+      try {
+        this.fd = listenReplacingStale(o.path);
+      } catch (e) {
+        throw new Error(`socket ${o.path}: ${(e as Error).message}`);
+      }
+      fs.chmodSync(o.path, o.mode ?? 0o600);
     }
-    fs.chmodSync(o.path, o.mode ?? 0o600);
     this.watcher = native.watch(this.fd, POLL_READABLE, () => {
       try {
         for (let fd = native.accept(this.fd); fd >= 0; fd = native.accept(this.fd)) onConnection(fd);
@@ -36,9 +43,18 @@ export class UnixListener {
     this.watcher.stop();
     this.watcher = undefined;
     native.close(this.fd);
+    if (this.o.fd !== undefined) return; // not ours to remove
     try {
       fs.unlinkSync(this.o.path);
     } catch { /* already gone */ }
+  }
+}
+
+function isListeningSocket(fd: number): boolean {
+  try {
+    return fs.fstatSync(fd).isSocket();
+  } catch {
+    return false;
   }
 }
 
