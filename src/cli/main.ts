@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { BlkExport } from '../daemon/blk-export';
 import { createSparseImage } from '../storage/target';
 import { log } from '../util/log';
+import { daemonize, removePidfile, reportReady, reportStartupError, writePidfile } from './daemonize';
 import { DEFAULT_IMAGE, SERVE_USAGE, ServeOptions, UsageError, parseServeArgs } from './serve-args';
 
 const USAGE = `usage: vublk serve [options] [IMAGE]   (vublk serve --help for options)`;
@@ -11,6 +12,7 @@ const DEFAULT_IMAGE_SIZE = 1 << 30;
 
 function fail(message: string): never {
   process.stderr.write(`vublk: ${message}\n`);
+  reportStartupError(`vublk: ${message}\n`);
   process.exit(2);
 }
 
@@ -47,12 +49,23 @@ async function serve(o: ServeOptions): Promise<void> {
     fail((e as Error).message);
   }
   if (createdImage) log.info('created sparse 1 GiB default image', { image: imagePath });
+  if (o.pidfile !== undefined) {
+    try {
+      writePidfile(o.pidfile);
+    } catch (e) {
+      await exp.close();
+      fail(`--pidfile ${o.pidfile}: ${(e as Error).message}`);
+    }
+  }
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
     log.info('shutting down', { signal });
-    exp.close().then(() => process.exit(0), (e) => {
+    exp.close().then(() => {
+      removePidfile(o.pidfile);
+      process.exit(0);
+    }, (e) => {
       log.error('shutdown failed', { error: e as Error });
       process.exit(1);
     });
@@ -62,6 +75,7 @@ async function serve(o: ServeOptions): Promise<void> {
   // Announce only once signals are handled: a supervisor may stop us right after.
   const where = o.listenFd !== undefined ? `inherited socket fd ${o.listenFd}` : path.resolve(o.socketPath);
   process.stdout.write(`vublk: serving ${imagePath} on ${where}\nAttach a guest with:\n  ${qemuAttachLine(o.socketPath)}\n`);
+  reportReady();
 }
 
 /** What --print-capabilities reports (QEMU docs/interop/vhost-user.json, VHostUserBackendCapabilities). */
@@ -85,6 +99,11 @@ export function main(argv: string[]): void {
   } catch (e) {
     if (e instanceof UsageError) fail(e.message);
     throw e;
+  }
+  if (o.daemonize) {
+    // The parent only waits for the detached server's start report, then exits.
+    daemonize(argv, path.resolve(__dirname, '..', '..', '..', 'bin', 'vublk'));
+    return;
   }
   if (o.printCapabilities) {
     process.stdout.write(`${JSON.stringify(CAPABILITIES, null, 2)}\n`);

@@ -6,6 +6,10 @@ export interface ServeOptions {
   listenFd: number | undefined;
   /** --print-capabilities: print the back-end's capabilities as JSON and exit. */
   printCapabilities: boolean;
+  /** Write the server's pid here once it listens; removed at exit. */
+  pidfile: string | undefined;
+  /** Detach once listening (the command returns; the server goes on). */
+  daemonize: boolean;
   imagePath: string | undefined;
   numQueues: number;
   readOnly: boolean;
@@ -53,7 +57,7 @@ export const SERVE_USAGE =
   'usage: vublk serve [--socket PATH | --fd FD] [--num-queues N] [--readonly] [--logical-block-size 512|4096]\n' +
   '                   [--serial ID] [--cache none|writeback|writethrough|directsync] [--aio io_uring|threads]\n' +
   '                   [--iothreads N] [--queue-map Q:T,...] [--iothread-cpus T:CPU[+CPU...],...]\n' +
-  '                   [--poll-max-ns NS] [IMAGE | --blk-file IMAGE]\n' +
+  '                   [--poll-max-ns NS] [--pidfile FILE] [--daemonize] [IMAGE | --blk-file IMAGE]\n' +
   '       vublk --socket-path PATH --blk-file IMAGE [--read-only] ...   (vhost-user back-end conventions)\n' +
   '       vublk --print-capabilities';
 
@@ -74,7 +78,7 @@ function pairs(flag: string, v: string): Array<[number, number[]]> {
 
 export function parseServeArgs(argv: string[]): ServeOptions {
   const o: ServeOptions = {
-    socketPath: DEFAULT_SOCKET, listenFd: undefined, printCapabilities: false, imagePath: undefined, numQueues: DEFAULT_NUM_QUEUES, readOnly: false,
+    socketPath: DEFAULT_SOCKET, listenFd: undefined, printCapabilities: false, pidfile: undefined, daemonize: false, imagePath: undefined, numQueues: DEFAULT_NUM_QUEUES, readOnly: false,
     logicalBlockSize: undefined, serial: DEFAULT_SERIAL, writeback: true, direct: false,
     iothreads: 1, queueMap: undefined, iothreadCpus: [], aio: 'auto', pollMaxNs: DEFAULT_POLL_MAX_NS,
   };
@@ -109,6 +113,14 @@ export function parseServeArgs(argv: string[]): ServeOptions {
       case '--blk-file':
         if (o.imagePath !== undefined) throw new UsageError(`${flag}: only one image may be given`);
         o.imagePath = take();
+        break;
+      case '--pidfile':
+        o.pidfile = take();
+        if (o.pidfile === '') throw new UsageError(`${flag}: empty path`);
+        break;
+      case '--daemonize':
+        if (inline !== undefined) throw new UsageError(`${flag}: takes no value`);
+        o.daemonize = true;
         break;
       case '--print-capabilities':
         if (inline !== undefined) throw new UsageError(`${flag}: takes no value`);

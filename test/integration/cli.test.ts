@@ -78,3 +78,41 @@ describe('vublk command line', function () {
     assert.equal(await second.stop(), 0);
   });
 });
+
+describe('vublk --daemonize and --pidfile', function () {
+  this.timeout(20000);
+  let dir: string;
+  beforeEach(() => { dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-daemon-')); });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  it('returns once the detached server listens, with its pid in the pidfile; SIGTERM removes socket and pidfile', async () => {
+    fs.writeFileSync(path.join(dir, 'disk.img'), Buffer.alloc(1 << 20));
+    const r = spawnSync(process.execPath, [VUBLK_BIN, 'serve', '--daemonize', '--pidfile', 'vublk.pid', '--socket', 's.sock', 'disk.img'],
+      { cwd: dir, encoding: 'utf8', timeout: 15000 });
+    assert.equal(r.status, 0, r.stderr);
+    const pid = Number(fs.readFileSync(path.join(dir, 'vublk.pid'), 'utf8'));
+    assert.ok(pid > 0 && pid !== r.pid && alive(pid), 'a detached server runs');
+    assert.ok(fs.statSync(path.join(dir, 's.sock')).isSocket(), 'and listens');
+    process.kill(pid, 'SIGTERM');
+    for (let i = 0; i < 250 && alive(pid); i++) await new Promise((res) => setTimeout(res, 20));
+    assert.equal(alive(pid), false);
+    assert.equal(fs.existsSync(path.join(dir, 'vublk.pid')), false);
+    assert.equal(fs.existsSync(path.join(dir, 's.sock')), false);
+  });
+
+  it('reports a startup failure of the detached server and exits 2', () => {
+    const r = spawnSync(process.execPath, [VUBLK_BIN, 'serve', '--daemonize', '--socket', '/nonexistent-dir/s.sock', 'missing.img'],
+      { cwd: dir, encoding: 'utf8', timeout: 15000 });
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /^vublk: missing.img: no such image file/);
+  });
+});
