@@ -141,6 +141,41 @@ static napi_value js_socketpair(napi_env env, napi_callback_info info) {
   return arr;
 }
 
+// unixDatagramSend(path, buf): one datagram to a Unix datagram socket, as
+// sd_notify does. A leading '@' names an abstract socket (systemd's
+// NOTIFY_SOCKET may be one). Returns bytes sent.
+static napi_value js_unix_datagram_send(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  struct sockaddr_un sa;
+  memset(&sa, 0, sizeof sa);
+  size_t n;
+  bool too_long;
+  if (!arg_cstring(env, argv[0], "path", sa.sun_path, sizeof sa.sun_path, &n, &too_long)) return NULL;
+  if (n == 0) return throw_errno(env, "sendto", ENOENT);
+  if (too_long) return throw_errno(env, "sendto", ENAMETOOLONG);
+  sa.sun_family = AF_UNIX;
+  socklen_t salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+  if (sa.sun_path[0] == '@') sa.sun_path[0] = '\0';  // abstract: no terminating NUL counted
+  else salen += 1;
+  bool is_ta = false;
+  NAPI_OK(env, napi_is_typedarray(env, argv[1], &is_ta));
+  if (!is_ta) return throw_type(env, "%s must be a Uint8Array", "buf");
+  size_t len;
+  void *data;
+  napi_typedarray_type type;
+  NAPI_OK(env, napi_get_typedarray_info(env, argv[1], &type, &len, &data, NULL, NULL));
+  if (type != napi_uint8_array) return throw_type(env, "%s must be a Uint8Array", "buf");
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  ssize_t sent;
+  do sent = sendto(fd, data, len, MSG_NOSIGNAL, (struct sockaddr *)&sa, salen);
+  while (sent < 0 && errno == EINTR);
+  int err = errno;
+  close(fd);
+  if (sent < 0) return throw_errno(env, "sendto", err);
+  return make_int(env, sent);
+}
+
 static void close_all(const int *fds, size_t n) {
   for (size_t i = 0; i < n; i++) close(fds[i]);
 }
@@ -966,6 +1001,7 @@ NAPI_MODULE_INIT() {
       FN("unixConnect", js_unix_connect),
       FN("accept", js_accept),
       FN("socketpair", js_socketpair),
+      FN("unixDatagramSend", js_unix_datagram_send),
       FN("recvmsg", js_recvmsg),
       FN("sendmsg", js_sendmsg),
       FN("close", js_close),

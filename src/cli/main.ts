@@ -4,11 +4,14 @@ import * as path from 'node:path';
 import { BlkExport } from '../daemon/blk-export';
 import { createSparseImage } from '../storage/target';
 import { log } from '../util/log';
+import { activatedSocketFor, sdNotify, takeListenFds } from '../daemon/systemd';
 import { daemonize, removePidfile, reportReady, reportStartupError, writePidfile } from './daemonize';
 import { DEFAULT_IMAGE, SERVE_USAGE, ServeOptions, UsageError, parseServeArgs } from './serve-args';
 
 const USAGE = `usage: vublk serve [options] [IMAGE]   (vublk serve --help for options)`;
 const DEFAULT_IMAGE_SIZE = 1 << 30;
+/** The one export of `vublk serve`; also the name systemd socket activation matches. */
+const EXPORT_ID = 'vublk0';
 
 function fail(message: string): never {
   process.stderr.write(`vublk: ${message}\n`);
@@ -36,10 +39,12 @@ async function serve(o: ServeOptions): Promise<void> {
   } else if (!fs.existsSync(imagePath)) {
     fail(`${imagePath}: no such image file`);
   }
+  // Socket activation: systemd's socket for this export replaces --socket.
+  const listenFd = o.listenFd ?? activatedSocketFor(EXPORT_ID, takeListenFds());
   let exp: BlkExport;
   try {
     exp = await BlkExport.open({
-      id: 'vublk0', socketPath: o.socketPath, listenFd: o.listenFd, imagePath, readOnly: o.readOnly, numQueues: o.numQueues,
+      id: EXPORT_ID, socketPath: o.socketPath, listenFd, imagePath, readOnly: o.readOnly, numQueues: o.numQueues,
       logicalBlockSize: o.logicalBlockSize, serial: o.serial, writeback: o.writeback, direct: o.direct,
       iothreads: o.iothreads, queueMap: o.queueMap, iothreadCpus: o.iothreadCpus, aio: o.aio, pollMaxNs: o.pollMaxNs,
     });
@@ -62,6 +67,7 @@ async function serve(o: ServeOptions): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info('shutting down', { signal });
+    sdNotify('STOPPING=1\nSTATUS=finishing requests in flight');
     exp.close().then(() => {
       removePidfile(o.pidfile);
       process.exit(0);
@@ -73,9 +79,10 @@ async function serve(o: ServeOptions): Promise<void> {
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));
   // Announce only once signals are handled: a supervisor may stop us right after.
-  const where = o.listenFd !== undefined ? `inherited socket fd ${o.listenFd}` : path.resolve(o.socketPath);
+  const where = listenFd !== undefined ? `inherited socket fd ${listenFd}` : path.resolve(o.socketPath);
   process.stdout.write(`vublk: serving ${imagePath} on ${where}\nAttach a guest with:\n  ${qemuAttachLine(o.socketPath)}\n`);
   reportReady();
+  sdNotify(`READY=1\nSTATUS=serving ${imagePath} on ${where}\nMAINPID=${process.pid}`);
 }
 
 /** What --print-capabilities reports (QEMU docs/interop/vhost-user.json, VHostUserBackendCapabilities). */

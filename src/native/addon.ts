@@ -79,6 +79,8 @@ export interface NativeAddon {
   unixConnect(path: string): number;
   /** Accepted fd (non-blocking, close-on-exec), or -1 when nothing is pending. */
   accept(listenFd: number): number;
+  /** Send one datagram to a Unix datagram socket ('@name' = abstract), like sd_notify; returns bytes sent. */
+  unixDatagramSend(path: string, buf: Uint8Array): number;
   /** Pair of connected non-blocking stream sockets (tests). */
   socketpair(): [number, number];
   /**
