@@ -16,13 +16,6 @@ static napi_value throw_not_block(napi_env env) {
   return throw_coded(env, "blockDeviceInfo", message, "ENOTBLK", ENOTBLK);
 }
 
-static bool set_number(napi_env env, napi_value obj, const char *name, double v) {
-  napi_value n;
-  NAPI_OK_B(env, napi_create_double(env, v, &n));
-  NAPI_OK_B(env, napi_set_named_property(env, obj, name, n));
-  return true;
-}
-
 static bool set_bool(napi_env env, napi_value obj, const char *name, bool v) {
   napi_value b;
   NAPI_OK_B(env, napi_get_boolean(env, v, &b));
@@ -63,16 +56,16 @@ static napi_value block_device_info(napi_env env, napi_callback_info info) {
 
   napi_value obj;
   NAPI_OK(env, napi_create_object(env, &obj));
-  if (!set_number(env, obj, "sizeBytes", (double)size) ||
-      !set_number(env, obj, "logicalBlockSize", logical) ||
-      !set_number(env, obj, "physicalBlockSize", physical) ||
-      !set_number(env, obj, "minIoSize", io_min) ||
-      !set_number(env, obj, "optIoSize", io_opt) ||
-      !set_number(env, obj, "alignmentOffset", alignment_offset) ||
+  if (!set_number_property(env, obj, "sizeBytes", (double)size) ||
+      !set_number_property(env, obj, "logicalBlockSize", logical) ||
+      !set_number_property(env, obj, "physicalBlockSize", physical) ||
+      !set_number_property(env, obj, "minIoSize", io_min) ||
+      !set_number_property(env, obj, "optIoSize", io_opt) ||
+      !set_number_property(env, obj, "alignmentOffset", alignment_offset) ||
       !set_bool(env, obj, "readOnly", ro != 0) ||
       !set_bool(env, obj, "rotational", rotational != 0) ||
-      !set_number(env, obj, "major", major(st.st_rdev)) ||
-      !set_number(env, obj, "minor", minor(st.st_rdev)))
+      !set_number_property(env, obj, "major", major(st.st_rdev)) ||
+      !set_number_property(env, obj, "minor", minor(st.st_rdev)))
     return NULL;
   return obj;
 }
@@ -104,8 +97,8 @@ static napi_value direct_io_alignment(napi_env env, napi_callback_info info) {
   }
   napi_value obj;
   NAPI_OK(env, napi_create_object(env, &obj));
-  if (!set_number(env, obj, "memoryAlignment", stx.stx_dio_mem_align) ||
-      !set_number(env, obj, "offsetAlignment", stx.stx_dio_offset_align))
+  if (!set_number_property(env, obj, "memoryAlignment", stx.stx_dio_mem_align) ||
+      !set_number_property(env, obj, "offsetAlignment", stx.stx_dio_offset_align))
     return NULL;
   return obj;
 }

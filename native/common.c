@@ -232,3 +232,10 @@ bool arg_iov_request(napi_env env, const napi_value *argv, uint32_t max_iov, str
   *count = (uint32_t)n_pairs;
   return true;
 }
+
+bool set_number_property(napi_env env, napi_value obj, const char *name, double v) {
+  napi_value n;
+  NAPI_OK_B(env, napi_create_double(env, v, &n));
+  NAPI_OK_B(env, napi_set_named_property(env, obj, name, n));
+  return true;
+}

@@ -80,6 +80,8 @@ bool arg_cstring(napi_env env, napi_value v, const char *name, char *buf, size_t
 bool unwrap_tagged(napi_env env, napi_value v, const napi_type_tag *tag, const char *what, void **out);
 napi_value make_int(napi_env env, int64_t v);
 napi_value make_undefined(napi_env env);
+// obj[name] = v (a Number); false with an exception pending on failure.
+bool set_number_property(napi_env env, napi_value obj, const char *name, double v);
 void invoke_js(napi_env env, napi_async_context ctx, napi_value recv, napi_value fn, size_t argc, const napi_value *argv);
 
 // A range operation run synchronously (fallocate or BLKDISCARD/BLKZEROOUT), on a

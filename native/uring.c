@@ -952,13 +952,6 @@ static napi_value js_uring_in_flight(napi_env env, napi_callback_info info) {
   return make_int(env, e->released ? 0 : e->in_flight);
 }
 
-static bool set_stat(napi_env env, napi_value obj, const char *name, double v) {
-  napi_value n;
-  NAPI_OK_B(env, napi_create_double(env, v, &n));
-  NAPI_OK_B(env, napi_set_named_property(env, obj, name, n));
-  return true;
-}
-
 static napi_value js_uring_stats(napi_env env, napi_callback_info info) {
   ARGS(1);
   uring_engine *e;
@@ -966,19 +959,19 @@ static napi_value js_uring_stats(napi_env env, napi_callback_info info) {
   const uring_stats *st = &e->stats;
   napi_value obj;
   NAPI_OK(env, napi_create_object(env, &obj));
-  if (!set_stat(env, obj, "enters", (double)st->enters) ||
-      !set_stat(env, obj, "submitted", (double)st->submitted) ||
-      !set_stat(env, obj, "cqes", (double)st->cqes) ||
-      !set_stat(env, obj, "completed", (double)st->completed) ||
-      !set_stat(env, obj, "wakeups", (double)st->wakeups) ||
-      !set_stat(env, obj, "idleWakeups", (double)st->idle_wakeups) ||
-      !set_stat(env, obj, "requeues", (double)st->requeues) ||
-      !set_stat(env, obj, "autoFlushes", (double)st->auto_flushes) ||
-      !set_stat(env, obj, "queued", e->released ? 0 : (double)sq_pending(&e->ring)) ||
-      !set_stat(env, obj, "sqEntries", (double)e->ring.sq_entries) ||
-      !set_stat(env, obj, "cqEntries", (double)e->ring.cq_entries) ||
-      !set_stat(env, obj, "setupFlags", (double)e->ring.flags) ||
-      !set_stat(env, obj, "features", (double)e->ring.features))
+  if (!set_number_property(env, obj, "enters", (double)st->enters) ||
+      !set_number_property(env, obj, "submitted", (double)st->submitted) ||
+      !set_number_property(env, obj, "cqes", (double)st->cqes) ||
+      !set_number_property(env, obj, "completed", (double)st->completed) ||
+      !set_number_property(env, obj, "wakeups", (double)st->wakeups) ||
+      !set_number_property(env, obj, "idleWakeups", (double)st->idle_wakeups) ||
+      !set_number_property(env, obj, "requeues", (double)st->requeues) ||
+      !set_number_property(env, obj, "autoFlushes", (double)st->auto_flushes) ||
+      !set_number_property(env, obj, "queued", e->released ? 0 : (double)sq_pending(&e->ring)) ||
+      !set_number_property(env, obj, "sqEntries", (double)e->ring.sq_entries) ||
+      !set_number_property(env, obj, "cqEntries", (double)e->ring.cq_entries) ||
+      !set_number_property(env, obj, "setupFlags", (double)e->ring.flags) ||
+      !set_number_property(env, obj, "features", (double)e->ring.features))
     return NULL;
   return obj;
 }
