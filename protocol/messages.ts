@@ -252,6 +252,11 @@ export function decodeReply(request: number, raw: RawMessage): Message | Protoco
 
 /** Back-end side: decode the front-end's reply to a back-end request. */
 export function decodeBackendReply(request: number, raw: RawMessage): Message | ProtocolError {
+  return checkBackendReply(request, raw) ?? decodeWith(raw, backendReplyRule(request));
+}
+
+/** What every reply to a back-end request must be: flagged as a reply, to a request that has one. */
+function checkBackendReply(request: number, raw: RawMessage): ProtocolError | undefined {
   const bad = checkReplyFlags(request, raw);
   if (bad) return bad;
   if (!BACKEND_RULES.has(request)) {
@@ -260,7 +265,19 @@ export function decodeBackendReply(request: number, raw: RawMessage): Message | 
       fds: raw.fds,
     });
   }
-  return decodeWith(raw, backendReplyRule(request));
+  return undefined;
+}
+
+/**
+ * Back-end side: the front-end's REPLY_ACK to a back-end request, as its u64
+ * value (0 = success). Unlike decodeBackendReply, no request may answer with
+ * fds here: the caller only wants the verdict.
+ */
+export function decodeBackendAck(request: number, raw: RawMessage): bigint | ProtocolError {
+  const bad = checkBackendReply(request, raw);
+  if (bad) return bad;
+  const m = decodeWith(raw, rule(P.decodeU64));
+  return m instanceof ProtocolError ? m : (m.payload as P.U64Payload).value;
 }
 
 export function encodePayload(payload: Payload): Uint8Array {
@@ -307,4 +324,22 @@ export function encodeMessage(request: number, flags: number, payload: Payload):
   writeHeader(bytes, request, flags, body.length);
   bytes.set(body, HEADER_SIZE);
   return bytes;
+}
+
+/**
+ * Back-end side: a request for the back-end channel. NEED_REPLY asks the
+ * front-end for a REPLY_ACK, which the spec only allows once REPLY_ACK was
+ * negotiated; the caller knows that, the codec does not.
+ */
+export function encodeBackendRequest(request: number, payload: Payload, needReply: boolean): Uint8Array {
+  if (!BACKEND_RULES.has(request)) throw new RangeError(`${request} is not a back-end request`);
+  return encodeMessage(request, needReply ? NEED_REPLY_FLAG : 0, payload);
+}
+
+/**
+ * The REPLY_ACK answer to `request`, in either direction: same request number,
+ * REPLY flag, u64 payload, 0 for success and non-zero for failure.
+ */
+export function encodeReplyAck(request: number, value: bigint): Uint8Array {
+  return encodeMessage(request, REPLY_FLAG, { kind: 'u64', value });
 }

@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { BlkFrontend } from '../frontend';
 import { DriverKind, Measure, Op, Workload, startLoad } from './driver';
-import { CLK_TCK, busiestThread, cpuByThread, sampleMachine, sampleProcess } from './proc-stats';
+import { CLK_TCK, busiestThread, cpuByThread, sampleMachine, sampleProcess } from '../util/proc-stats';
 import { BenchReport, ConfigResult, RunResult, renderMarkdown, summarize } from './report';
 import { ServerSpec, displayArgv, serverArgv, startServer } from './servers';
 import { percentile } from './stats';

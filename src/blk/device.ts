@@ -5,6 +5,12 @@ import { VIRTIO_BLK_F_FLUSH } from './constants';
 import { blkFeatures, encodeBlkConfig, writeBlkConfig } from './config';
 import { BlkCacheState, BlkDisk } from './disk';
 
+/** What the iothreads must follow at runtime: the cache mode and the size. */
+export interface BlkDeviceState {
+  writeback: boolean;
+  sizeBytes: number;
+}
+
 export interface BlkDeviceOptions {
   disk: BlkDisk;
   maxQueues: number;
@@ -52,7 +58,12 @@ export class BlkDevice {
     this.cache.writeback = this.o.writeback && flush;
   }
 
-  state(): BlkCacheState {
-    return { writeback: this.cache.writeback };
+  /** New capacity after the image was resized; the caller pushes state() to the iothreads and tells the driver. */
+  resize(sizeBytes: number): void {
+    this.disk.sizeBytes = sizeBytes;
+  }
+
+  state(): BlkDeviceState {
+    return { writeback: this.cache.writeback, sizeBytes: this.disk.sizeBytes };
   }
 }

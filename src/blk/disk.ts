@@ -6,7 +6,8 @@ export interface BlkDisk {
   readonly fd: number;
   /** 'file': regular image file (fallocate for discard/zeroes); 'block': block device (BLKDISCARD/BLKZEROOUT). */
   readonly kind: 'file' | 'block';
-  readonly sizeBytes: number;
+  /** Changes when the export is resized (block_resize); everything else is fixed at open. */
+  sizeBytes: number;
   readonly readOnly: boolean;
   /** Block size the guest sees (512 or 4096); requests must be aligned to it. */
   readonly logicalBlockSize: number;

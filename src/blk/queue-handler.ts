@@ -21,11 +21,11 @@ export interface BlkQueueHandler {
   readonly stats: BlkQueueStats;
 }
 
-export function createBlkQueueHandler(ctx: BlkQueueContext, disk: BlkDisk, cache: BlkCacheState, hub: EngineHub): BlkQueueHandler {
+export function createBlkQueueHandler(ctx: BlkQueueContext, disk: BlkDisk, cache: BlkCacheState, hub: EngineHub, metrics?: Float64Array): BlkQueueHandler {
   // The lane's sink forwards to the queue, which needs the lane's first slot to exist.
   const sink = { blk: undefined as BlkQueue | undefined, ioComplete(head: number, result: number) { this.blk!.ioComplete(head, result); } };
   const slotBase = hub.attach(sink, ctx.queue.size);
-  const blk = new BlkQueue({ queue: ctx.queue, mem: ctx.mem, disk, cache, engine: hub.engine, slotBase, onCompleted: ctx.onCompleted, log: ctx.log });
+  const blk = new BlkQueue({ queue: ctx.queue, mem: ctx.mem, disk, cache, engine: hub.engine, slotBase, onCompleted: ctx.onCompleted, log: ctx.log, metrics });
   sink.blk = blk;
   return {
     handle: (head) => blk.handle(head),

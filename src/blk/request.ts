@@ -21,6 +21,10 @@ import {
   VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from './constants';
 import { BlkCacheState, BlkDisk } from './disk';
+import {
+  KIND_OTHER, M_BYTES_READ, M_BYTES_WRITTEN, M_IN_FLIGHT, M_IOERR, M_LATENCY_BUCKETS, M_LATENCY_SUM, M_REQUESTS, M_UNSUPP,
+  QUEUE_METRICS_FIELDS, kindOf, latencyBucket,
+} from './queue-metrics';
 
 const PHASE_IDLE = 0;
 const PHASE_IO = 1;
@@ -52,6 +56,8 @@ export interface BlkQueueOptions {
   log: Logger;
   /** Memory for bounce buffers when disk.direct (default: a memfd mapping, blk/bounce.ts). */
   allocBounce?: BounceAllocator;
+  /** This queue's counters (queue-metrics.ts layout), shared with the control plane; default: private. */
+  metrics?: Float64Array;
   /** Bounce pool shape (tests shrink it to exercise chunking and waiting). */
   bounceSlots?: number;
   bounceSlotBytes?: number;
@@ -93,6 +99,11 @@ export class BlkQueue {
   private readonly op: Uint8Array;
   private readonly dataBytes: Float64Array;
   private readonly sector: Float64Array;
+  /** performance.now() when the head arrived, for the latency histogram. */
+  private readonly started: Float64Array;
+  /** Counter kind of the head's request (queue-metrics.ts). */
+  private readonly kind: Uint8Array;
+  private readonly metrics: Float64Array;
 
   // Discard / write zeroes: validated segments per head, DWZ_SEG_MAX each.
   private readonly discardOn: boolean;
@@ -138,6 +149,9 @@ export class BlkQueue {
     this.iovGpa = new Float64Array(this.maxIov);
     this.phase = new Uint8Array(size);
     this.statusAddr = new Float64Array(size);
+    this.started = new Float64Array(size);
+    this.kind = new Uint8Array(size);
+    this.metrics = o.metrics ?? new Float64Array(QUEUE_METRICS_FIELDS);
     this.type = new Uint8Array(size);
     this.op = new Uint8Array(size);
     this.dataBytes = new Float64Array(size);
@@ -191,6 +205,9 @@ export class BlkQueue {
   /** Handle one head taken from the available ring. */
   handle(head: number): void {
     this.stats.requests++;
+    this.started[head] = performance.now();
+    this.kind[head] = KIND_OTHER;
+    this.metrics[M_IN_FLIGHT]++;
     // Completions that arrive synchronously inside a submit must not start waiting
     // requests while this one still uses the shared chain.
     this.inHandle = true;
@@ -243,6 +260,7 @@ export class BlkQueue {
     if (chain.readableBytes < REQUEST_HEADER_SIZE) return this.fail(head, 'request header too short');
     this.copyReadable(0, this.headerBytes, REQUEST_HEADER_SIZE);
     const type = this.header.getUint32(0, true);
+    this.kind[head] = kindOf(type);
     const sector = this.header.getUint32(8, true) + this.header.getUint32(12, true) * 0x100000000;
     this.sector[head] = sector;
 
@@ -641,8 +659,28 @@ export class BlkQueue {
     if (n <= 8 || (n & (n - 1)) === 0) this.o.log.warn('malformed request', { head, reason: why, count: n });
   }
 
+  /** Count a finished request: by kind, bytes moved, status, latency. */
+  private account(head: number, status: number): void {
+    const m = this.metrics;
+    const kind = this.kind[head];
+    m[M_REQUESTS + kind]++;
+    m[M_IN_FLIGHT]--;
+    if (status === VIRTIO_BLK_S_OK) {
+      if (kind === 0) m[M_BYTES_READ] += this.dataBytes[head];
+      else if (kind === 1) m[M_BYTES_WRITTEN] += this.dataBytes[head];
+    } else if (status === VIRTIO_BLK_S_UNSUPP) {
+      m[M_UNSUPP]++;
+    } else {
+      m[M_IOERR]++;
+    }
+    const seconds = (performance.now() - this.started[head]) / 1000;
+    m[M_LATENCY_SUM] += seconds;
+    m[M_LATENCY_BUCKETS + latencyBucket(seconds)]++;
+  }
+
   private complete(head: number, status: number, usedLen: number): void {
     const mem = this.o.mem;
+    this.account(head, status);
     if (status === VIRTIO_BLK_S_IOERR) this.stats.ioErrors++;
     // Error paths of bounced requests end here with their slot still taken.
     this.releaseBounce(head);
@@ -653,6 +691,7 @@ export class BlkQueue {
   }
 
   private returnWithoutStatus(head: number): void {
+    this.account(head, VIRTIO_BLK_S_IOERR);
     this.releaseBounce(head);
     this.phase[head] = PHASE_IDLE;
     this.o.queue.push(head, 0);

@@ -1,23 +1,29 @@
-// vublk command line entry point.
+// vublk command line entry point: `vublk serve` (the short form, also the
+// vhost-user back-end program form), the qemu-storage-daemon compatible
+// form (--blockdev/--object/--export/--monitor or --config), and the
+// clients `vublk qmp` and `vublk stats`.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BlkExport } from '../daemon/blk-export';
+import { checkConfig } from '../config/check';
+import { DAEMON_OPTIONS, DAEMON_USAGE, parseDaemonArgs } from '../config/cli';
+import { VublkConfig } from '../config/model';
+import { ConfigError } from '../config/schema';
+import { activatedSocketFor, takeListenFds } from '../daemon/systemd';
 import { createSparseImage } from '../storage/target';
 import { log } from '../util/log';
-import { activatedSocketFor, sdNotify, takeListenFds } from '../daemon/systemd';
-import { daemonize, removePidfile, reportReady, reportStartupError, writePidfile } from './daemonize';
+import { daemonize } from './daemonize';
+import { qmpCommand, statsCommand } from './qmp-commands';
+import { fail, runDaemon } from './run-daemon';
 import { DEFAULT_IMAGE, SERVE_USAGE, ServeOptions, UsageError, parseServeArgs } from './serve-args';
+import { SERVE_EXPORT_ID, serveConfig } from './serve-config';
 
-const USAGE = `usage: vublk serve [options] [IMAGE]   (vublk serve --help for options)`;
+const USAGE = `usage: vublk serve [options] [IMAGE]          one export (vublk serve --help)
+       vublk --blockdev ... --export ... [--object iothread,...] [--chardev ... --monitor ...]
+                                             qemu-storage-daemon compatible (vublk --help)
+       vublk --config FILE                   the same from a JSON file
+       vublk qmp SOCKET COMMAND [ARGS-JSON]  send a QMP command to a running vublk
+       vublk stats SOCKET                    live per-queue statistics over QMP`;
 const DEFAULT_IMAGE_SIZE = 1 << 30;
-/** The one export of `vublk serve`; also the name systemd socket activation matches. */
-const EXPORT_ID = 'vublk0';
-
-function fail(message: string): never {
-  process.stderr.write(`vublk: ${message}\n`);
-  reportStartupError(`vublk: ${message}\n`);
-  process.exit(2);
-}
 
 /** The QEMU options that attach a guest to this export. */
 export function qemuAttachLine(socketPath: string): string {
@@ -30,7 +36,7 @@ export function qemuAttachLine(socketPath: string): string {
   ].join(' \\\n    ');
 }
 
-async function serve(o: ServeOptions): Promise<void> {
+function serve(o: ServeOptions): void {
   let imagePath = o.imagePath;
   let createdImage = false;
   if (imagePath === undefined) {
@@ -40,62 +46,65 @@ async function serve(o: ServeOptions): Promise<void> {
     fail(`${imagePath}: no such image file`);
   }
   // Socket activation: systemd's socket for this export replaces --socket.
-  const listenFd = o.listenFd ?? activatedSocketFor(EXPORT_ID, takeListenFds());
-  let exp: BlkExport;
-  try {
-    exp = await BlkExport.open({
-      id: EXPORT_ID, socketPath: o.socketPath, listenFd, imagePath, readOnly: o.readOnly, numQueues: o.numQueues,
-      logicalBlockSize: o.logicalBlockSize, serial: o.serial, writeback: o.writeback, direct: o.direct,
-      iothreads: o.iothreads, queueMap: o.queueMap, iothreadCpus: o.iothreadCpus, aio: o.aio, pollMaxNs: o.pollMaxNs,
-    });
-  } catch (e) {
+  const listenFd = o.listenFd ?? activatedSocketFor(SERVE_EXPORT_ID, takeListenFds());
+  const image = imagePath;
+  void runDaemon(serveConfig(o, image, listenFd), {
     // Leave nothing behind: a default image made for this run goes too.
-    if (createdImage) fs.rmSync(imagePath, { force: true });
-    fail((e as Error).message);
+    onStartFailure: () => { if (createdImage) fs.rmSync(image, { force: true }); },
+    announce: () => {
+      if (createdImage) log.info('created sparse 1 GiB default image', { image });
+      const where = listenFd !== undefined ? `inherited socket fd ${listenFd}` : path.resolve(o.socketPath);
+      const line = `serving ${image} on ${where}`;
+      process.stdout.write(`vublk: ${line}\nAttach a guest with:\n  ${qemuAttachLine(o.socketPath)}\n`);
+      return line;
+    },
+  });
+}
+
+/** The qemu-storage-daemon compatible form. */
+function serveConfigured(argv: string[]): void {
+  let config: VublkConfig;
+  let help: boolean;
+  let version: boolean;
+  try {
+    ({ config, help, version } = parseDaemonArgs(argv));
+    if (!help && !version) checkConfig(config, 'configuration');
+  } catch (e) {
+    if (e instanceof ConfigError) fail(e.message);
+    throw e;
   }
-  if (createdImage) log.info('created sparse 1 GiB default image', { image: imagePath });
-  if (o.pidfile !== undefined) {
-    try {
-      writePidfile(o.pidfile);
-    } catch (e) {
-      await exp.close();
-      fail(`--pidfile ${o.pidfile}: ${(e as Error).message}`);
-    }
+  if (help) {
+    process.stdout.write(`${DAEMON_USAGE}\n`);
+    process.exit(0);
   }
-  let stopping = false;
-  const stop = (signal: string): void => {
-    if (stopping) return;
-    stopping = true;
-    log.info('shutting down', { signal });
-    sdNotify('STOPPING=1\nSTATUS=finishing requests in flight');
-    exp.close().then(() => {
-      removePidfile(o.pidfile);
-      process.exit(0);
-    }, (e) => {
-      log.error('shutdown failed', { error: e as Error });
-      process.exit(1);
-    });
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  // Announce only once signals are handled: a supervisor may stop us right after.
-  const where = listenFd !== undefined ? `inherited socket fd ${listenFd}` : path.resolve(o.socketPath);
-  process.stdout.write(`vublk: serving ${imagePath} on ${where}\nAttach a guest with:\n  ${qemuAttachLine(o.socketPath)}\n`);
-  reportReady();
-  sdNotify(`READY=1\nSTATUS=serving ${imagePath} on ${where}\nMAINPID=${process.pid}`);
+  if (version) {
+    process.stdout.write('vublk version 0.1.0 (qemu-storage-daemon 7.2 compatible command line and QMP)\n');
+    process.exit(0);
+  }
+  if (config.exports.length === 0 && config.monitors.length === 0) fail('nothing to serve: give --export or --monitor');
+  if (config.daemonize === true) {
+    daemonize(argv, path.resolve(__dirname, '..', '..', '..', 'bin', 'vublk'));
+    return;
+  }
+  void runDaemon(config, {
+    announce: (d) => `serving ${[...d.exports.keys()].join(', ') || 'no exports'}${config.monitors.length > 0 ? ', QMP monitor ready' : ''}`,
+  });
 }
 
 /** What --print-capabilities reports (QEMU docs/interop/vhost-user.json, VHostUserBackendCapabilities). */
 export const CAPABILITIES = { type: 'block', features: ['read-only', 'blk-file'] };
 
 export function main(argv: string[]): void {
+  if (argv.some((a) => DAEMON_OPTIONS.includes(a.split('=')[0]))) return serveConfigured(argv);
   // A back-end program started by QEMU tooling gets options only, no subcommand.
   const [command, ...rest] = argv[0]?.startsWith('--') && argv[0] !== '--help' ? ['serve', ...argv] : argv;
   if (command === undefined || command === '--help' || command === '-h') {
     process.stdout.write(`${USAGE}\n`);
     process.exit(command === undefined ? 2 : 0);
   }
-  if (command !== 'serve') fail(`${command}: unknown command (${USAGE})`);
+  if (command === 'qmp') return void qmpCommand(rest);
+  if (command === 'stats') return void statsCommand(rest);
+  if (command !== 'serve') fail(`${command}: unknown command (vublk --help lists them)`);
   if (rest.includes('--help')) {
     process.stdout.write(`${SERVE_USAGE}\n`);
     process.exit(0);
@@ -116,5 +125,5 @@ export function main(argv: string[]): void {
     process.stdout.write(`${JSON.stringify(CAPABILITIES, null, 2)}\n`);
     process.exit(0);
   }
-  void serve(o);
+  serve(o);
 }

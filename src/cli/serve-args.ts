@@ -27,6 +27,8 @@ export interface ServeOptions {
   iothreadCpus: number[][];
   aio: 'auto' | 'io_uring' | 'threads';
   pollMaxNs: number;
+  logLevel: 'debug' | 'info' | 'warn' | 'error' | undefined;
+  logFormat: 'auto' | 'json' | 'pretty' | undefined;
 }
 
 /** QEMU's cache modes: (direct, writeback). */
@@ -57,7 +59,8 @@ export const SERVE_USAGE =
   'usage: vublk serve [--socket PATH | --fd FD] [--num-queues N] [--readonly] [--logical-block-size 512|4096]\n' +
   '                   [--serial ID] [--cache none|writeback|writethrough|directsync] [--aio io_uring|threads]\n' +
   '                   [--iothreads N] [--queue-map Q:T,...] [--iothread-cpus T:CPU[+CPU...],...]\n' +
-  '                   [--poll-max-ns NS] [--pidfile FILE] [--daemonize] [IMAGE | --blk-file IMAGE]\n' +
+  '                   [--poll-max-ns NS] [--pidfile FILE] [--daemonize] [--log-level L] [--log-format auto|json|pretty]\n' +
+  '                   [IMAGE | --blk-file IMAGE]\n' +
   '       vublk --socket-path PATH --blk-file IMAGE [--read-only] ...   (vhost-user back-end conventions)\n' +
   '       vublk --print-capabilities';
 
@@ -81,6 +84,7 @@ export function parseServeArgs(argv: string[]): ServeOptions {
     socketPath: DEFAULT_SOCKET, listenFd: undefined, printCapabilities: false, pidfile: undefined, daemonize: false, imagePath: undefined, numQueues: DEFAULT_NUM_QUEUES, readOnly: false,
     logicalBlockSize: undefined, serial: DEFAULT_SERIAL, writeback: true, direct: false,
     iothreads: 1, queueMap: undefined, iothreadCpus: [], aio: 'auto', pollMaxNs: DEFAULT_POLL_MAX_NS,
+    logLevel: undefined, logFormat: undefined,
   };
   let queueMapArg: Array<[number, number[]]> | undefined;
   let socketGiven = false;
@@ -146,6 +150,18 @@ export function parseServeArgs(argv: string[]): ServeOptions {
         if (v !== 'io_uring' && v !== 'threads' && v !== 'native') throw new UsageError(`--aio: expected io_uring or threads, got '${v}'`);
         // QEMU's aio=native (Linux AIO) maps to our io_uring engine.
         o.aio = v === 'threads' ? 'threads' : 'io_uring';
+        break;
+      }
+      case '--log-level': {
+        const v = take();
+        if (v !== 'debug' && v !== 'info' && v !== 'warn' && v !== 'error') throw new UsageError(`--log-level: expected debug, info, warn or error, got '${v}'`);
+        o.logLevel = v;
+        break;
+      }
+      case '--log-format': {
+        const v = take();
+        if (v !== 'auto' && v !== 'json' && v !== 'pretty') throw new UsageError(`--log-format: expected auto, json or pretty, got '${v}'`);
+        o.logFormat = v;
         break;
       }
       case '--readonly':

@@ -1,11 +1,13 @@
-// One vhost-user-blk export: an image, a listening socket, and at most one
-// front-end connection at a time.
+// One vhost-user-blk export: a block node's disk offered on a listening
+// socket to at most one front-end connection at a time, its queues served by
+// iothreads that it may share with other exports.
 import { BlkDevice } from '../blk/device';
 import { BlkDisk } from '../blk/disk';
+import { allocQueueMetrics } from '../blk/queue-metrics';
 import { native } from '../native/addon';
+import { DevicePlane } from '../iothread/device-plane';
+import { Iothread } from '../iothread/iothread';
 import { AioMode } from '../iothread/messages';
-import { IothreadPool, roundRobinQueueMap } from '../iothread/pool';
-import { StorageTarget, openTarget } from '../storage/target';
 import { Endpoint } from '../transport/endpoint';
 import { Logger, log as rootLog } from '../util/log';
 import { VhostBackend } from '../vhost/backend';
@@ -13,27 +15,20 @@ import { UnixListener } from './listener';
 
 export interface BlkExportOptions {
   id: string;
-  socketPath: string;
+  /** Socket path to create (unused when listenFd is given). */
+  socketPath?: string;
   /** Inherited listening socket to use instead of socketPath. */
   listenFd?: number;
-  imagePath: string;
-  readOnly: boolean;
-  numQueues: number;
-  /** Guest-visible block size; default: the device's own (block devices) or 512 (files). */
-  logicalBlockSize?: number;
-  /** Open the image with O_DIRECT (cache=none/directsync). */
-  direct?: boolean;
-  serial: string;
-  writeback: boolean;
   socketMode?: number;
-  /** Iothreads (worker threads) serving this export's queues. */
-  iothreads: number;
-  /** queueMap[q] = iothread of queue q; default round-robin. */
-  queueMap?: number[];
-  /** iothreadCpus[i] = CPUs iothread i is pinned to. */
-  iothreadCpus?: number[][];
+  disk: BlkDisk;
+  numQueues: number;
+  /** Volatile write cache offered to the guest. */
+  writeback: boolean;
   aio: AioMode;
-  pollMaxNs: number;
+  /** Iothreads this export's queues run on. */
+  iothreads: Iothread[];
+  /** queueMap[q] = index into iothreads of the owner of queue q. */
+  queueMap: number[];
 }
 
 interface Session {
@@ -44,32 +39,29 @@ interface Session {
 
 export class BlkExport {
   readonly device: BlkDevice;
-  private readonly image: StorageTarget;
   private listener: UnixListener | undefined;
   private session: Session | undefined;
   private readonly log: Logger;
   private connections = 0;
-  private pool: IothreadPool | undefined;
+  private plane: DevicePlane | undefined;
   private resolveReady!: () => void;
   private readonly ready = new Promise<void>((r) => { this.resolveReady = r; });
+  /** Set once close() began (QMP query-block-exports "shutting-down"). */
+  shuttingDown = false;
+  /** Per-queue counters, written by the iothreads (blk/queue-metrics.ts). */
+  readonly metrics: SharedArrayBuffer;
 
-  /** Open the image, start the iothreads and listen. */
+  /** Listen, then attach the device to its iothreads. */
   static async open(o: BlkExportOptions): Promise<BlkExport> {
     const exp = new BlkExport(o);
     try {
-      // Socket first: a bad path fails fast, before any thread starts. Connections
-      // that arrive before the iothreads are up wait in accept().
+      // Socket first: a bad path fails fast, before any thread does work. Connections
+      // that arrive before the iothreads are ready wait in accept().
       exp.listen();
-      exp.pool = await IothreadPool.start(
-        { type: 'blk', disk: exp.device.disk, writeback: o.writeback, aio: o.aio },
-        { name: 'vublk-io', count: o.iothreads, queueMap: o.queueMap ?? roundRobinQueueMap(o.numQueues, o.iothreads), cpus: o.iothreadCpus ?? [], pollMaxNs: o.pollMaxNs },
-        exp.log,
-      );
+      exp.plane = await DevicePlane.attach({ type: 'blk', disk: o.disk, writeback: o.writeback, aio: o.aio, metrics: exp.metrics }, o.iothreads, o.queueMap, exp.log);
       exp.resolveReady();
     } catch (e) {
       exp.listener?.close();
-      await exp.pool?.close();
-      exp.image.close();
       throw e;
     }
     return exp;
@@ -77,20 +69,21 @@ export class BlkExport {
 
   private constructor(readonly o: BlkExportOptions) {
     this.log = rootLog.child({ export: o.id });
-    this.image = openTarget(o.imagePath, { readOnly: o.readOnly, direct: o.direct ?? false, logicalBlockSize: o.logicalBlockSize, serial: o.serial });
-    const disk: BlkDisk = this.image.disk;
-    this.device = new BlkDevice({ disk, maxQueues: o.numQueues, writeback: o.writeback });
+    this.device = new BlkDevice({ disk: o.disk, maxQueues: o.numQueues, writeback: o.writeback });
+    this.metrics = allocQueueMetrics(o.numQueues);
   }
 
+  get id(): string { return this.o.id; }
+
   private listen(): void {
-    this.listener = new UnixListener({ path: this.o.socketPath, fd: this.o.listenFd, mode: this.o.socketMode }, (fd) => this.accept(fd));
-    this.log.info('listening', { socket: this.o.socketPath, image: this.o.imagePath, readonly: this.o.readOnly, queues: this.o.numQueues });
+    this.listener = new UnixListener({ path: this.o.socketPath ?? '', fd: this.o.listenFd, mode: this.o.socketMode }, (fd) => this.accept(fd));
+    this.log.info('listening', { socket: this.o.listenFd !== undefined ? `fd ${this.o.listenFd}` : this.o.socketPath, readonly: this.o.disk.readOnly, queues: this.o.numQueues });
   }
 
   get activeSession(): VhostBackend | undefined { return this.session?.backend; }
 
   private accept(fd: number): void {
-    if (this.pool === undefined) {
+    if (this.plane === undefined) {
       void this.ready.then(() => this.accept(fd));
       return;
     }
@@ -123,23 +116,45 @@ export class BlkExport {
           });
       },
     });
-    const backend = new VhostBackend(endpoint, this.device, this.pool!, log);
+    const backend = new VhostBackend(endpoint, this.device, this.plane!, log);
     this.session = { endpoint, backend, closed };
     log.info('front-end connected');
     endpoint.start();
   }
 
-  /** Stop accepting, let in-flight requests finish, disconnect, release everything. */
+  /** Which iothread (by id) serves each queue. */
+  get queueIothreads(): string[] {
+    return this.o.queueMap.map((t) => this.o.iothreads[t].id);
+  }
+
+  /**
+   * The image changed size: the iothreads check requests against the new size
+   * and the config space reports it. Telling a connected driver is the
+   * caller's part (notifyConfigChange on the session).
+   */
+  resized(sizeBytes: number): void {
+    this.device.resize(sizeBytes - (sizeBytes % this.o.disk.logicalBlockSize));
+    this.plane?.setDeviceState(this.device.state());
+  }
+
+  /** Tell a connected driver that the config space changed (new capacity); nothing to do without one. */
+  async notifyDriver(): Promise<void> {
+    const backend = this.session?.backend;
+    if (backend === undefined || this.session!.endpoint.closed) return;
+    await backend.notifyConfigChange();
+  }
+
+  /** Stop accepting, let in-flight requests finish, disconnect, release the iothreads. */
   async close(): Promise<void> {
+    this.shuttingDown = true;
     this.listener?.close();
     this.listener = undefined;
     const s = this.session;
     if (s !== undefined) {
-      s.endpoint.close('server shutting down');
+      s.endpoint.close('export shutting down');
       await s.closed;
     }
-    await this.pool?.close();
-    this.pool = undefined;
-    this.image.close();
+    await this.plane?.detach();
+    this.plane = undefined;
   }
 }

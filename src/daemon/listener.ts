@@ -59,7 +59,7 @@ function isListeningSocket(fd: number): boolean {
 }
 
 /** Listen on `path`; a socket file nobody listens on any more is replaced, a live one is an error. */
-function listenReplacingStale(path: string): number {
+export function listenReplacingStale(path: string): number {
   try {
     return native.unixListen(path, 16);
   } catch (e) {

@@ -40,6 +40,13 @@ export interface BlkConnectOptions {
   protocolFeatures?: bigint;
   /** Reply timeout of the control connection. */
   timeoutMs?: number;
+  /**
+   * Negotiate BACKEND_REQ and set up the back-end channel, as QEMU does. A
+   * CONFIG_CHANGE_MSG then makes the driver re-read config space (`config`) and
+   * call `onConfigChange`, before the back-end gets its ack.
+   */
+  backendChannel?: boolean;
+  onConfigChange?: (config: BlkConfig) => void;
 }
 
 export interface BlkStatusResult {
@@ -80,7 +87,7 @@ export class BlkFrontend {
     readonly protocolFeatures: bigint,
     /** GET_QUEUE_NUM (1 without MQ). */
     readonly maxQueues: number,
-    private readonly blkConfig: BlkConfig | undefined,
+    private blkConfig: BlkConfig | undefined,
   ) {
     // A back-end that hangs up leaves requests that will never complete: fail them loudly.
     void client.closed.then((reason) => {
@@ -89,16 +96,31 @@ export class BlkFrontend {
     });
   }
 
-  /** The device's config space as read at connect (needs the CONFIG protocol feature). */
+  /** The device's config space as read at connect or after the last config change (needs the CONFIG protocol feature). */
   get config(): BlkConfig {
     if (this.blkConfig === undefined) throw new Error('config space unavailable: CONFIG protocol feature not negotiated');
     return this.blkConfig;
+  }
+
+  /** GET_CONFIG again, as QEMU does on CONFIG_CHANGE_MSG; `config` then shows the result. */
+  async refreshConfig(): Promise<BlkConfig> {
+    const config = decodeBlkConfig(await this.client.getConfig(0, BLK_CONFIG_SIZE));
+    this.blkConfig = config;
+    return config;
   }
 
   /** The QEMU-like setup sequence, up to enabled rings. */
   static async connect(o: BlkConnectOptions): Promise<BlkFrontend> {
     const queueSize = o.queueSize ?? 128;
     const client = await VhostUserClient.connect(o.socketPath, { timeoutMs: o.timeoutMs });
+    // Config changes can only be acted on once the driver exists; one arriving during
+    // setup is acked as is, since setup reads config space after it anyway.
+    let fe: BlkFrontend | undefined;
+    const onConfigChange = async (): Promise<void> => {
+      if (fe === undefined || fe.blkConfig === undefined) return;
+      const config = await fe.refreshConfig();
+      o.onConfigChange?.(config);
+    };
     let ram: GuestRam | undefined;
     const fds: number[] = [];
     const queues: RequestQueue[] = [];
@@ -106,13 +128,17 @@ export class BlkFrontend {
       const offered = await client.getFeatures();
       let proto = 0n;
       if (hasBit(offered, VHOST_USER_F_PROTOCOL_FEATURES)) {
-        proto = (await client.getProtocolFeatures()) & (o.protocolFeatures ?? FRONTEND_PROTOCOL_FEATURES);
+        const wanted = (o.protocolFeatures ?? FRONTEND_PROTOCOL_FEATURES) | (o.backendChannel === true ? bit(ProtocolFeature.BACKEND_REQ) : 0n);
+        proto = (await client.getProtocolFeatures()) & wanted;
         await client.setProtocolFeatures(proto);
       }
       const maxQueues = hasBit(proto, ProtocolFeature.MQ) ? await client.getQueueNum() : 1;
       if (!(o.numQueues >= 1 && o.numQueues <= maxQueues)) throw new Error(`${o.numQueues} queues wanted, the back-end has ${maxQueues}`);
       const memSlots = hasBit(proto, ProtocolFeature.CONFIGURE_MEM_SLOTS);
       if (memSlots && (await client.getMaxMemSlots()) < 1) throw new Error('the back-end offers no memory slots');
+      if (o.backendChannel === true && !hasBit(proto, ProtocolFeature.BACKEND_REQ)) throw new Error('the back-end does not offer BACKEND_REQ');
+      // QEMU's vhost_user_backend_init() ends with the channel, before SET_OWNER.
+      if (hasBit(proto, ProtocolFeature.BACKEND_REQ)) await client.setBackendReqFd({ configChange: onConfigChange });
       await client.setOwner();
       const config = hasBit(proto, ProtocolFeature.CONFIG) ? decodeBlkConfig(await client.getConfig(0, BLK_CONFIG_SIZE)) : undefined;
       const features = offered & (o.features ?? DRIVER_FEATURES);
@@ -151,7 +177,8 @@ export class BlkFrontend {
         if (hasBit(features, VHOST_USER_F_PROTOCOL_FEATURES)) await client.setVringEnable(i, true);
       }
       if (hasStatus) await client.setStatus(baseStatus | VIRTIO_CONFIG_S_DRIVER_OK);
-      return new BlkFrontend(client, ram, queues, offered, features, proto, maxQueues, config);
+      fe = new BlkFrontend(client, ram, queues, offered, features, proto, maxQueues, config);
+      return fe;
     } catch (e) {
       client.close();
       for (const q of queues) q.close(new Error('connect failed'));

@@ -8,6 +8,7 @@ import {
 } from '../../protocol';
 import { native } from '../native/addon';
 import { Endpoint } from '../transport/endpoint';
+import { BackendRequestHandlers, BackendRequestServer } from './backend-requests';
 
 export type VhostUserErrorCode =
   | 'closed' // the connection is gone (back-end hung up, or we closed it)
@@ -29,6 +30,8 @@ export interface RequestOptions {
   fds?: number[];
   /** Set NEED_REPLY and wait for the ack; defaults to "REPLY_ACK negotiated and the request has no reply of its own". */
   needReply?: boolean;
+  /** Hand `fds` over: the client closes them once they are sent (or cannot be any more). */
+  transferFds?: boolean;
 }
 
 export interface ClientOptions {
@@ -64,6 +67,7 @@ export class VhostUserClient {
   readonly closed: Promise<string>;
   /** REPLY_ACK is in the acknowledged protocol features. */
   replyAck = false;
+  private backendServer: BackendRequestServer | undefined;
   private readonly timeoutMs: number;
 
   private constructor(fd: number, options: ClientOptions) {
@@ -91,6 +95,9 @@ export class VhostUserClient {
   /** Why the connection ended (undefined while open). */
   get closedReason(): string | undefined { return this.closeReason; }
 
+  /** Our end of the back-end channel, once setBackendReqFd() succeeded. */
+  get backendChannel(): BackendRequestServer | undefined { return this.backendServer; }
+
   close(): void {
     if (this.isClosed) return;
     this.closedLocally = true;
@@ -107,14 +114,22 @@ export class VhostUserClient {
   request(request: number, payload: Payload, reply: ReplyKind, options: RequestOptions = {}): Promise<Message | undefined> {
     const needReply = options.needReply ?? (reply !== 'reply' && this.replyAck);
     const expect: ReplyKind = reply === 'reply' ? 'reply' : needReply ? 'ack' : 'none';
+    const fds = options.fds ?? null;
+    const fdsSent = options.transferFds === true && fds !== null ? once(() => { for (const fd of fds) native.close(fd); }) : undefined;
     return this.serialise(async () => {
-      // Encoding inside the task: a payload the codec refuses rejects like any other failure.
-      const bytes = encodeMessage(request, needReply ? NEED_REPLY_FLAG : 0, payload);
+      let bytes: Uint8Array;
+      try {
+        // Encoding inside the task: a payload the codec refuses rejects like any other failure.
+        bytes = encodeMessage(request, needReply ? NEED_REPLY_FLAG : 0, payload);
+      } catch (e) {
+        fdsSent?.();
+        throw e;
+      }
       if (expect === 'none') {
-        this.send(request, bytes, options.fds ?? null);
+        this.send(request, bytes, fds, fdsSent);
         return undefined;
       }
-      const raw = await this.exchange(request, bytes, options.fds ?? null);
+      const raw = await this.exchange(request, bytes, fds, fdsSent);
       const msg = decodeReply(request, raw);
       if (msg instanceof ProtocolError) {
         for (const fd of msg.fds) native.close(fd);
@@ -226,6 +241,33 @@ export class VhostUserClient {
   }
 
   async setStatus(status: number, o?: RequestOptions): Promise<void> { await this.setU64(R.SET_STATUS, BigInt(status), o); }
+
+  /**
+   * SET_BACKEND_REQ_FD, as QEMU sets the channel up: a socketpair, one end to
+   * the back-end, back-end requests served on the other through `handlers`
+   * until either side closes it or this connection ends. Needs BACKEND_REQ
+   * negotiated. A previous channel is closed.
+   */
+  async setBackendReqFd(handlers: BackendRequestHandlers = {}, o?: RequestOptions): Promise<void> {
+    const [ours, theirs] = native.socketpair();
+    let server: BackendRequestServer;
+    try {
+      server = new BackendRequestServer(ours, handlers);
+    } catch (e) {
+      native.close(theirs);
+      throw e;
+    }
+    try {
+      await this.request(R.SET_BACKEND_REQ_FD, NONE, 'none', { ...o, fds: [theirs], transferFds: true });
+    } catch (e) {
+      server.close('SET_BACKEND_REQ_FD failed');
+      throw e;
+    }
+    this.backendServer?.close('replaced by a new SET_BACKEND_REQ_FD');
+    this.backendServer = server;
+    // The connection may have ended while we waited: nothing may outlive it.
+    if (this.isClosed) server.close('vhost-user connection closed');
+  }
   async getStatus(): Promise<number> { return Number(await this.u64Reply(R.GET_STATUS)); }
 
   // ---- plumbing -------------------------------------------------------------------
@@ -259,17 +301,23 @@ export class VhostUserClient {
     return new VhostUserError(`vhost-user connection ${who} ${what} (${this.closeReason})`, 'closed', request);
   }
 
-  private send(request: number, bytes: Uint8Array, fds: number[] | null): void {
-    if (this.isClosed) throw this.closedError(request, false);
-    this.endpoint.send(bytes, fds);
+  private send(request: number, bytes: Uint8Array, fds: number[] | null, fdsSent?: () => void): void {
+    if (this.isClosed) {
+      fdsSent?.();
+      throw this.closedError(request, false);
+    }
+    this.endpoint.send(bytes, fds, fdsSent);
     // A failed sendmsg closes the endpoint synchronously.
     if (this.isClosed) throw this.closedError(request, false);
   }
 
   /** Send and wait for the next message from the back-end. */
-  private exchange(request: number, bytes: Uint8Array, fds: number[] | null): Promise<RawMessage> {
+  private exchange(request: number, bytes: Uint8Array, fds: number[] | null, fdsSent?: () => void): Promise<RawMessage> {
     return new Promise<RawMessage>((resolve, reject) => {
-      if (this.isClosed) return reject(this.closedError(request, false));
+      if (this.isClosed) {
+        fdsSent?.();
+        return reject(this.closedError(request, false));
+      }
       let timer: NodeJS.Timeout | undefined;
       const done = (): void => {
         if (timer !== undefined) clearTimeout(timer);
@@ -287,7 +335,7 @@ export class VhostUserClient {
           this.endpoint.close('reply timeout');
         }, this.timeoutMs);
       }
-      this.endpoint.send(bytes, fds);
+      this.endpoint.send(bytes, fds, fdsSent);
     });
   }
 
@@ -308,6 +356,7 @@ export class VhostUserClient {
 
   private onClosed(reason: string): void {
     this.closeReason = reason;
+    this.backendServer?.close('vhost-user connection closed');
     const w = this.waiter;
     if (w !== undefined) w.reject(this.closedError(w.request, true));
     this.resolveClosed(reason);
@@ -315,3 +364,12 @@ export class VhostUserClient {
 }
 
 const NONE: Payload = { kind: 'none' };
+
+function once(fn: () => void): () => void {
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    fn();
+  };
+}

@@ -1,7 +1,8 @@
 // Builds the device-specific part of an iothread from a plain, cloneable spec:
 // its storage engine and the factory for per-queue request handlers.
 import { createBlkQueueHandler } from '../blk/queue-handler';
-import { BlkCacheState } from '../blk/disk';
+import { queueMetrics } from '../blk/queue-metrics';
+import { BlkCacheState, BlkDisk } from '../blk/disk';
 import { QueueHandlerFactory } from '../dataplane/dataplane';
 import { EngineFactory } from '../storage/engine';
 import { EngineHub } from '../storage/engine-hub';
@@ -26,10 +27,15 @@ export function createDeviceRuntime(spec: DeviceSpec, log: Logger, selectEngine:
   // Room for every queue this iothread owns at the largest queue size, within the engine's limit.
   const hub = new EngineHub(selectEngine(spec, log), spec.lanes * MAX_QUEUE_SIZE);
   const cache: BlkCacheState = { writeback: spec.writeback };
+  // Our own copy: a resize changes its size while queues run (spec.disk may be the control plane's object).
+  const disk: BlkDisk = { ...spec.disk };
   return {
-    queueHandlers: (ctx) => createBlkQueueHandler(ctx, spec.disk, cache, hub),
+    queueHandlers: (ctx) => createBlkQueueHandler(ctx, disk, cache, hub, spec.metrics === undefined ? undefined : queueMetrics(spec.metrics, ctx.index)),
     engineName: hub.engine.name,
-    setState: (state) => { cache.writeback = state.writeback; },
+    setState: (state) => {
+      cache.writeback = state.writeback;
+      disk.sizeBytes = state.sizeBytes;
+    },
     close: () => hub.close(),
   };
 }

@@ -5,13 +5,13 @@ import { Logger } from '../util/log';
 import { DataPlaneControl } from './control';
 import { EngineSelector } from './device-runtime';
 import { DeviceSpec, DeviceState, RegionInfo } from './messages';
-import { IothreadRuntime } from './runtime';
+import { IothreadDevice } from './iothread-device';
 
 export class LocalDataPlane implements DataPlaneControl {
-  private readonly runtime: IothreadRuntime;
+  private readonly runtime: IothreadDevice;
 
   constructor(spec: DeviceSpec, log: Logger, selectEngine?: EngineSelector) {
-    this.runtime = new IothreadRuntime(spec, log, selectEngine);
+    this.runtime = new IothreadDevice(spec, log, selectEngine);
   }
 
   async setMemory(regions: RegionInfo[]): Promise<void> { await this.runtime.handle({ type: 'memory', regions }); }

@@ -14,12 +14,15 @@ export interface BlkDeviceSpec {
   aio: AioMode;
   /** Queues this iothread may own at once (engine lanes). */
   lanes: number;
+  /** Per-queue counters shared with the control plane (blk/queue-metrics.ts). */
+  metrics?: SharedArrayBuffer;
 }
 export type DeviceSpec = BlkDeviceSpec;
 
-/** Runtime-changeable device state (virtio-blk: the write cache mode). */
+/** Runtime-changeable device state (virtio-blk: the write cache mode and, after a resize, the size). */
 export interface DeviceState {
   writeback: boolean;
+  sizeBytes: number;
 }
 
 /** A mapped guest memory region, by the host address of its mapping in this process. */
@@ -30,7 +33,8 @@ export interface RegionInfo {
   hostAddr: number;
 }
 
-export type IothreadRequest =
+/** Requests for one device hosted by an iothread. */
+export type DeviceRequest =
   | { type: 'memory'; regions: RegionInfo[] }
   | { type: 'start'; ring: RingConfig }
   | { type: 'stop'; index: number }
@@ -41,7 +45,17 @@ export type IothreadRequest =
   | { type: 'state'; state: DeviceState }
   | { type: 'shutdown' };
 
-/** Reply to a request: `value` is the start error (string | undefined) or the stopped ring's next index. */
+/**
+ * Requests for an iothread: host a device (its queues may then be started
+ * here), drop one after shutting it down, or end the thread.
+ */
+export type IothreadRequest =
+  | { type: 'attach'; device: number; spec: DeviceSpec }
+  | { type: 'device'; device: number; req: DeviceRequest }
+  | { type: 'detach'; device: number }
+  | { type: 'exit' };
+
+/** Reply to a request: `value` is the start error (string | undefined), the stopped ring's next index, or (id 0, at start) the thread id. */
 export interface IothreadReply {
   id: number;
   value?: string | number;
@@ -50,7 +64,6 @@ export interface IothreadReply {
 
 export interface IothreadInit {
   name: string;
-  spec: DeviceSpec;
   /** CPUs to pin this iothread to (empty: no pinning). */
   cpus: number[];
   pollMaxNs: number;

@@ -130,7 +130,10 @@ export interface NativeAddon {
    * is ready (level-triggered: drain the fd or stop, or it fires again). events < 0 is -errno.
    * An active watcher keeps the loop (process or worker) alive and is kept alive itself even if
    * the object is dropped; stop() it before closing the fd. One watcher per fd per thread:
-   * a second one fails with EEXIST until the first is stopped.
+   * a second one fails with EEXIST until the first is stopped. Watching sets O_NONBLOCK on
+   * fd (libuv's uv_poll_init does, as documented since 1.2.2), so recvmsg/sendmsg on a watched
+   * fd return -1 instead of blocking even when a peer handed it over blocking (QEMU's
+   * back-end channel socketpair).
    */
   watch(fd: number, events: number, callback: (events: number) => void): Watcher;
 

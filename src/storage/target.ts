@@ -40,6 +40,8 @@ export interface TargetDetails {
   readonly discardGranularity?: number;
   readonly discardMaxBytes?: number;
   readonly writeZeroesMaxBytes?: number;
+  /** Size of the file or device in bytes when opened (or last resized), before rounding to a block size. */
+  sizeBytes: number;
 }
 
 export interface StorageTarget {
@@ -65,13 +67,7 @@ const MAX_SERIAL_BYTES = 20;
 
 /** Open `path` (a regular file or a block device) as an export's backing store. */
 export function openTarget(path: string, o: OpenTargetOptions): StorageTarget {
-  if (Buffer.byteLength(o.serial, 'utf8') > MAX_SERIAL_BYTES) {
-    throw new RangeError(`serial must be at most ${MAX_SERIAL_BYTES} bytes, got '${o.serial}'`);
-  }
-  const lbs = o.logicalBlockSize;
-  if (lbs !== undefined && !(Number.isInteger(lbs) && lbs >= MIN_BLOCK_SIZE && lbs <= MAX_BLOCK_SIZE && (lbs & (lbs - 1)) === 0)) {
-    throw new RangeError(`logical block size must be a power of two in [${MIN_BLOCK_SIZE}, ${MAX_BLOCK_SIZE}], got ${lbs}`);
-  }
+  checkGeometry(o);
   let st: fs.BigIntStats;
   try {
     st = fs.statSync(path, { bigint: true });
@@ -101,12 +97,7 @@ function openFile(path: string, o: OpenTargetOptions, st: fs.BigIntStats): Stora
       offsetAlign = (queue !== undefined ? readSysfsNumber(queue, 'logical_block_size') : undefined) ?? MIN_BLOCK_SIZE;
       memoryAlign = (queue !== undefined ? dmaAlignment(queue) : undefined) ?? offsetAlign;
     }
-    let lbs = o.logicalBlockSize;
-    if (lbs === undefined) {
-      lbs = o.direct ? Math.max(MIN_BLOCK_SIZE, offsetAlign) : MIN_BLOCK_SIZE;
-    } else if (o.direct && lbs < offsetAlign) {
-      throw new TargetError(`${path}: logical block size ${lbs} is smaller than the ${offsetAlign}-byte alignment O_DIRECT needs on this filesystem`, 'EINVAL');
-    }
+    const lbs = o.direct ? Math.max(MIN_BLOCK_SIZE, offsetAlign) : MIN_BLOCK_SIZE;
     const devicePhysical = queue !== undefined ? readSysfsNumber(queue, 'physical_block_size') : undefined;
     const disk: BlkDisk = {
       fd,
@@ -130,8 +121,9 @@ function openFile(path: string, o: OpenTargetOptions, st: fs.BigIntStats): Stora
       sysfsQueue: queue,
       fsType: fsTypeName(path),
       deviceLogicalBlockSize: offsetAlign,
+      sizeBytes: Number(fst.size),
     };
-    return makeTarget(path, fd, disk, details);
+    return withGeometry(makeTarget(path, fd, disk, details), o);
   } catch (e) {
     fs.closeSync(fd);
     throw e;
@@ -149,10 +141,7 @@ function openBlockDevice(path: string, o: OpenTargetOptions, st: fs.BigIntStats)
     if (info.readOnly && !o.readOnly) throw readOnlyDevice(path);
     const queue = sysfsQueueDir(info.major, info.minor);
     const deviceLbs = info.logicalBlockSize;
-    if (o.logicalBlockSize !== undefined && o.logicalBlockSize < deviceLbs) {
-      throw new TargetError(`${path}: logical block size ${o.logicalBlockSize} is smaller than the device's own (${deviceLbs})`, 'EINVAL');
-    }
-    const lbs = o.logicalBlockSize ?? deviceLbs;
+    const lbs = deviceLbs;
     let memoryAlign = queue !== undefined ? dmaAlignment(queue) : undefined;
     if (memoryAlign === undefined) memoryAlign = native.directIoAlignment(fd)?.memoryAlignment || deviceLbs;
     const discardMaxBytes = queue !== undefined ? readSysfsNumber(queue, 'discard_max_bytes') : undefined;
@@ -181,12 +170,83 @@ function openBlockDevice(path: string, o: OpenTargetOptions, st: fs.BigIntStats)
       discardGranularity: queue !== undefined ? readSysfsNumber(queue, 'discard_granularity') : undefined,
       discardMaxBytes,
       writeZeroesMaxBytes: queue !== undefined ? readSysfsNumber(queue, 'write_zeroes_max_bytes') : undefined,
+      sizeBytes: info.sizeBytes,
     };
-    return makeTarget(path, fd, disk, details);
+    return withGeometry(makeTarget(path, fd, disk, details), o);
   } catch (e) {
     fs.closeSync(fd);
     throw e;
   }
+}
+
+export interface DiskGeometry {
+  /** Block size the guest sees; default as for OpenTargetOptions.logicalBlockSize. */
+  logicalBlockSize?: number;
+  serial: string;
+  /** Read-only for this user even when the target was opened read-write. */
+  readOnly?: boolean;
+  /** Offer discard (when the target can); false answers the policy discard=ignore. */
+  discard?: boolean;
+}
+
+function checkGeometry(g: DiskGeometry): void {
+  if (Buffer.byteLength(g.serial, 'utf8') > MAX_SERIAL_BYTES) {
+    throw new RangeError(`serial must be at most ${MAX_SERIAL_BYTES} bytes, got '${g.serial}'`);
+  }
+  const lbs = g.logicalBlockSize;
+  if (lbs !== undefined && !(Number.isInteger(lbs) && lbs >= MIN_BLOCK_SIZE && lbs <= MAX_BLOCK_SIZE && (lbs & (lbs - 1)) === 0)) {
+    throw new RangeError(`logical block size must be a power of two in [${MIN_BLOCK_SIZE}, ${MAX_BLOCK_SIZE}], got ${lbs}`);
+  }
+}
+
+/**
+ * The BlkDisk one export of an open target sees: its block size (which decides
+ * the rounded size), serial and permissions. Block nodes are opened once and
+ * may be exported with different geometry, so this is separate from opening.
+ */
+export function exportDisk(target: StorageTarget, g: DiskGeometry): BlkDisk {
+  checkGeometry(g);
+  const base = target.disk;
+  const deviceLbs = target.details.deviceLogicalBlockSize;
+  let lbs = g.logicalBlockSize;
+  if (lbs === undefined) {
+    lbs = base.logicalBlockSize;
+  } else if (base.kind === 'block' && lbs < deviceLbs) {
+    throw new TargetError(`${target.path}: logical block size ${lbs} is smaller than the device's own (${deviceLbs})`, 'EINVAL');
+  } else if (base.kind === 'file' && base.direct && lbs < deviceLbs) {
+    throw new TargetError(`${target.path}: logical block size ${lbs} is smaller than the ${deviceLbs}-byte alignment O_DIRECT needs on this filesystem`, 'EINVAL');
+  }
+  const readOnly = base.readOnly || g.readOnly === true;
+  return {
+    ...base,
+    sizeBytes: roundDown(target.details.sizeBytes, lbs),
+    readOnly,
+    logicalBlockSize: lbs,
+    physicalBlockSize: Math.max(base.physicalBlockSize, lbs),
+    discard: base.discard && !readOnly && g.discard !== false,
+    writeZeroes: base.writeZeroes && !readOnly,
+    serial: g.serial,
+  };
+}
+
+function withGeometry(target: StorageTarget, g: DiskGeometry): StorageTarget {
+  return { ...target, disk: exportDisk(target, g) };
+}
+
+/**
+ * Change the size of a target (QMP block_resize). Files are truncated or
+ * extended (sparse); a block device cannot change size from here, but may
+ * have grown underneath (lvextend), so any size up to its current one is taken.
+ */
+export function resizeTarget(target: StorageTarget, sizeBytes: number): void {
+  const fd = target.disk.fd;
+  if (target.disk.kind === 'file') {
+    fs.ftruncateSync(fd, sizeBytes);
+  } else {
+    const actual = native.blockDeviceInfo(fd).sizeBytes;
+    if (sizeBytes > actual) throw new TargetError(`${target.path}: cannot grow a block device beyond its size (${actual} bytes)`, 'EINVAL');
+  }
+  target.details.sizeBytes = sizeBytes;
 }
 
 function makeTarget(path: string, fd: number, disk: BlkDisk, details: TargetDetails): StorageTarget {

@@ -19,7 +19,7 @@ export class Endpoint {
   private readonly buf = new Uint8Array(READ_BUFFER_SIZE);
   private readonly fds: number[] = [];
   private watcher: Watcher | undefined;
-  private pendingOut: Array<{ bytes: Uint8Array; fds: number[] | null }> = [];
+  private pendingOut: Array<{ bytes: Uint8Array; fds: number[] | null; fdsSent?: () => void }> = [];
   private isClosed = false;
 
   constructor(readonly fd: number, private readonly events: EndpointEvents, maxPayloadSize = 4096) {
@@ -65,31 +65,42 @@ export class Endpoint {
     }
   }
 
-  /** Send one encoded message; fds are duplicated into the peer, the caller keeps its own. */
-  send(bytes: Uint8Array, fds: number[] | null = null): void {
-    if (this.isClosed) return;
-    if (this.pendingOut.length > 0) {
-      this.pendingOut.push({ bytes, fds });
+  /**
+   * Send one encoded message; fds are duplicated into the peer, the caller keeps its own.
+   * A message may wait for the socket to drain, and its fds must stay open until then:
+   * `fdsSent` is called once they went out (with the first bytes) or never will
+   * (the endpoint closed), so a caller handing fds over knows when to close them.
+   */
+  send(bytes: Uint8Array, fds: number[] | null = null, fdsSent?: () => void): void {
+    if (this.isClosed) {
+      fdsSent?.();
       return;
     }
-    this.trySend(bytes, fds);
+    if (this.pendingOut.length > 0) {
+      this.pendingOut.push({ bytes, fds, fdsSent });
+      return;
+    }
+    this.trySend(bytes, fds, fdsSent);
   }
 
-  private trySend(bytes: Uint8Array, fds: number[] | null): void {
+  private trySend(bytes: Uint8Array, fds: number[] | null, fdsSent?: () => void): void {
     let off = 0;
     while (off < bytes.length) {
       let n: number;
       try {
         n = native.sendmsg(this.fd, bytes, off, bytes.length - off, off === 0 ? fds : null);
       } catch (e) {
-        return this.close(`sendmsg failed: ${(e as Error).message}`);
+        this.close(`sendmsg failed: ${(e as Error).message}`);
+        fdsSent?.();
+        return;
       }
       if (n < 0) {
         // Socket buffer full: keep the rest and wait until writable.
-        this.pendingOut.unshift({ bytes: bytes.subarray(off), fds: off === 0 ? fds : null });
+        this.pendingOut.unshift(off === 0 ? { bytes, fds, fdsSent } : { bytes: bytes.subarray(off), fds: null });
         this.rewatch(POLL_READABLE | POLL_WRITABLE);
         return;
       }
+      if (off === 0) fdsSent?.();
       off += n;
     }
   }
@@ -99,7 +110,11 @@ export class Endpoint {
     this.pendingOut = [];
     this.rewatch(POLL_READABLE);
     for (let i = 0; i < queue.length; i++) {
-      this.trySend(queue[i].bytes, queue[i].fds);
+      this.trySend(queue[i].bytes, queue[i].fds, queue[i].fdsSent);
+      if (this.isClosed) {
+        for (const p of queue.slice(i + 1)) p.fdsSent?.();
+        return;
+      }
       if (this.pendingOut.length > 0) {
         this.pendingOut.push(...queue.slice(i + 1));
         return;
@@ -118,6 +133,7 @@ export class Endpoint {
     this.isClosed = true;
     this.watcher?.stop();
     this.watcher = undefined;
+    for (const p of this.pendingOut.splice(0)) p.fdsSent?.();
     for (const fd of this.reader.dispose()) native.close(fd);
     native.close(this.fd);
     this.events.closed(reason);

@@ -3,7 +3,7 @@
 // device-independent; the device model supplies features, config space and
 // per-queue request handlers, and a DataPlane runs the started rings.
 import {
-  FrontendRequest as R, Message, NEED_REPLY_FLAG, Payload, ProtocolError, ProtocolFeature, RawMessage,
+  BackendRequest as B, FrontendRequest as R, Message, NEED_REPLY_FLAG, Payload, ProtocolError, ProtocolFeature, RawMessage,
   REPLY_FLAG, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC, MemoryRegion, bit, decodeFrontendMessage, encodeMessage, frontendRequestName, hasBit,
 } from '../../protocol';
@@ -16,10 +16,19 @@ import { native } from '../native/addon';
 import { Endpoint } from '../transport/endpoint';
 import { Logger } from '../util/log';
 import { MAX_QUEUE_SIZE } from '../virtq/split';
+import { BackendChannel, BackendRequestError, DEFAULT_BACKEND_REPLY_TIMEOUT_MS } from './backend-channel';
 import { VhostDeviceModel } from './device';
 import { VringState } from './vring';
 
 const PAGE_SIZE = 4096;
+
+function isSocket(fd: number): boolean {
+  try {
+    return fs.fstatSync(fd).isSocket();
+  } catch {
+    return false;
+  }
+}
 
 function isEventFd(fd: number): boolean {
   try {
@@ -38,7 +47,12 @@ export const TRANSPORT_FEATURES = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_IN
 
 export const PROTOCOL_FEATURES = bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) |
   bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) | bit(ProtocolFeature.RESET_DEVICE) |
-  bit(ProtocolFeature.STATUS);
+  bit(ProtocolFeature.STATUS) | bit(ProtocolFeature.BACKEND_REQ);
+
+export interface VhostBackendOptions {
+  /** How long a back-end channel request waits for the front-end's REPLY_ACK (default 5 s; 0 waits forever). */
+  backendReplyTimeoutMs?: number;
+}
 
 /** A request the back-end refuses; answered with a REPLY_ACK failure or by closing the connection. */
 export class RequestRefused extends Error {}
@@ -60,10 +74,16 @@ export class VhostBackend {
   /** Control messages are handled strictly one after another, even the ones that wait (GET_VRING_BASE). */
   private queue: Promise<void> = Promise.resolve();
   private torndown = false;
+  /** Set by SET_BACKEND_REQ_FD; kept across device resets, closed on teardown. */
+  private backendChannel: BackendChannel | undefined;
+  /** Why the last back-end channel closed, for the error of a later request. */
+  private backendChannelClosed: string | undefined;
+  private readonly backendReplyTimeoutMs: number;
 
   constructor(private readonly endpoint: Endpoint, private readonly device: VhostDeviceModel,
-              private readonly dataPlane: DataPlaneControl, private readonly log: Logger) {
+              private readonly dataPlane: DataPlaneControl, private readonly log: Logger, options: VhostBackendOptions = {}) {
     this.vrings = Array.from({ length: device.maxQueues }, (_, i) => new VringState(i));
+    this.backendReplyTimeoutMs = options.backendReplyTimeoutMs ?? DEFAULT_BACKEND_REPLY_TIMEOUT_MS;
   }
 
   get offeredFeatures(): bigint { return this.device.deviceFeatures() | TRANSPORT_FEATURES; }
@@ -239,10 +259,60 @@ export class VhostBackend {
       }
       case R.GET_STATUS:
         return this.u64(this.status);
+      case R.SET_BACKEND_REQ_FD:
+        this.setBackendReqFd(msg.fds[0]);
+        return NO_REPLY;
       default:
         for (const fd of msg.fds) native.close(fd);
         refuse(`${frontendRequestName(msg.request)} is not supported`);
     }
+  }
+
+  /**
+   * QEMU sends this right after SET_PROTOCOL_FEATURES, before SET_FEATURES, so
+   * only the protocol feature can be checked. A refused fd is closed.
+   */
+  private setBackendReqFd(fd: number): void {
+    const bad = !hasBit(this.protocolFeatures, ProtocolFeature.BACKEND_REQ) ? 'the BACKEND_REQ protocol feature was not negotiated'
+      : !isSocket(fd) ? 'the back-end channel fd is not a socket' : undefined;
+    if (bad !== undefined) {
+      native.close(fd);
+      refuse(bad);
+    }
+    // Requests still waiting on an old channel fail with it.
+    this.backendChannel?.close('replaced by a new SET_BACKEND_REQ_FD');
+    const channel: BackendChannel = new BackendChannel(fd, this.backendReplyTimeoutMs, this.log.child({ channel: 'backend' }), (reason) => {
+      if (this.backendChannel !== channel) return;
+      this.backendChannel = undefined;
+      this.backendChannelClosed = reason;
+      this.log.info('back-end channel closed', { reason });
+    });
+    this.backendChannel = channel;
+    this.backendChannelClosed = undefined;
+  }
+
+  /**
+   * Tell the front-end that the device config space changed (a resized disk), so
+   * that it reads it again with GET_CONFIG and interrupts the guest. With
+   * REPLY_ACK negotiated this resolves on the front-end's ack — QEMU answers after
+   * its own GET_CONFIG, which this back-end serves meanwhile — otherwise once the
+   * message is sent. Rejects with a BackendRequestError.
+   */
+  notifyConfigChange(): Promise<void> {
+    const channel = this.backendChannel;
+    if (channel === undefined) {
+      const why = this.backendChannelClosed === undefined
+        ? 'the front-end did not set up the back-end channel (SET_BACKEND_REQ_FD)'
+        : `the back-end channel is closed (${this.backendChannelClosed})`;
+      return Promise.reject(new BackendRequestError(`cannot notify the front-end of a config change: ${why}`, 'no-channel'));
+    }
+    if (!hasBit(this.protocolFeatures, ProtocolFeature.CONFIG)) {
+      // The spec sends CONFIG_CHANGE_MSG only with CONFIG: without it the front-end cannot read the new config.
+      return Promise.reject(new BackendRequestError(
+        'cannot notify the front-end of a config change: the CONFIG protocol feature was not negotiated', 'not-negotiated'));
+    }
+    const needReply = hasBit(this.protocolFeatures, ProtocolFeature.REPLY_ACK);
+    return channel.request(B.CONFIG_CHANGE_MSG, { kind: 'none' }, needReply);
   }
 
   /**
@@ -418,6 +488,7 @@ export class VhostBackend {
   async teardown(): Promise<void> {
     if (this.torndown) return;
     this.torndown = true;
+    this.backendChannel?.close('connection closed');
     await this.queue.catch(() => undefined);
     for (const vr of this.vrings) {
       if (vr.started) await this.dataPlane.stopRing(vr.index).catch((e: Error) => this.log.error('stopping ring failed', { queue: vr.index, error: e }));
@@ -431,10 +502,11 @@ export class VhostBackend {
   }
 
   /** For diagnostics and tests. */
-  get state(): { owned: boolean; features: bigint; protocolFeatures: bigint; regions: number; started: number[] } {
+  get state(): { owned: boolean; features: bigint; protocolFeatures: bigint; regions: number; started: number[]; backendChannel: boolean } {
     return {
       owned: this.owned, features: this.features, protocolFeatures: this.protocolFeatures,
       regions: this.mem.regionCount, started: this.vrings.filter((v) => v.started).map((v) => v.index),
+      backendChannel: this.backendChannel !== undefined,
     };
   }
 }

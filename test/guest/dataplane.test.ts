@@ -24,7 +24,9 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { LOG_LEVEL_VALUES } from '../../src/util/log';
 import { GuestResult, assertGuestImage, assertGuestSucceeded, runGuest } from '../support/guest';
+import { logsAtLeast } from '../support/logs';
 import { ExportSpec, ServerProcess, startVublk } from '../support/servers';
 
 const KiB = 1024;
@@ -285,11 +287,11 @@ function overlapping(extents: FileExtent[], lo: number, hi: number): FileExtent[
 
 // --- the server side ---------------------------------------------------------------------
 
-/** Last "queue stopped" debug line per queue: which iothread ran it and how many requests the guest made available. */
-function queueStops(output: string): Map<number, { iothread: string; next: number }> {
+/** Last "queue stopped" debug record per queue: which iothread ran it and how many requests the guest made available. */
+function queueStops(s: ServerProcess): Map<number, { iothread: string; next: number }> {
   const stops = new Map<number, { iothread: string; next: number }>();
-  for (const m of output.matchAll(/DEBUG queue stopped iothread=(\S+) queue=(\d+) next=(\d+)/g)) {
-    stops.set(Number(m[2]), { iothread: m[1], next: Number(m[3]) });
+  for (const r of s.findLogs('queue stopped')) {
+    if (r.level === LOG_LEVEL_VALUES.debug) stops.set(Number(r.queue), { iothread: String(r.iothread), next: Number(r.next) });
   }
   return stops;
 }
@@ -338,7 +340,7 @@ async function waitFor(what: string, ready: () => boolean, timeoutMs = 5000): Pr
 }
 
 function assertNoServerErrors(s: ServerProcess): void {
-  assert.doesNotMatch(s.output(), / (WARN|ERROR) /, `vublk logged a problem:\n${s.output()}`);
+  assert.deepEqual(logsAtLeast(s.logs(), 'warn'), [], `vublk logged a problem:\n${s.output()}`);
 }
 
 const GUEST_PATH = 'export PATH=/bin:/usr/bin\n';
@@ -450,9 +452,9 @@ describe('guest data plane: iothreads, block devices, discard/write-zeroes, cach
       const server = await serve({
         image, socketPath: path.join(tmp, `mq-${aio}.sock`), numQueues: 4, args: ['--iothreads', '2', '--aio', aio],
       }, true);
-      const noUring = /io_uring unavailable.*/.exec(server.output());
-      if (noUring) skipBecause(this, `this host cannot run the io_uring engine: ${noUring[0]}`);
-      assert.match(server.output(), new RegExp(`iothreads started .*count=2 engine=${aio}\\b`), 'engine in use');
+      const noUring = server.findLogs(/^io_uring unavailable/)[0];
+      if (noUring) skipBecause(this, `this host cannot run the io_uring engine: ${noUring.msg} (${String(noUring.reason)})`);
+      assert.equal(server.findLogs('iothreads attached', { iothreads: 'io0,io1', engine: aio }).length, 1, `engine in use:\n${server.output()}`);
       // One job per vCPU, so blk-mq sends each job's requests down that vCPU's queue.
       const jobs: FioJob[] = [0, 1, 2, 3].map((i) => ({
         name: `j${i}`, filename: '/dev/vda', offset: i * 32 * MiB, size: 16 * MiB, cpu: i, opts: ['bsrange=4k-64k'],
@@ -481,8 +483,8 @@ ${irqLines('irq-after')}
         assert.ok((after.get(q) ?? 0) > (before.get(q) ?? 0), `no interrupts on request queue ${q} during fio (before ${before.get(q)}, after ${after.get(q)}):\n${out}`);
       }
       // Server side: the queues ran on both iothreads (round-robin) and each carried fio's requests.
-      await waitFor('the server to log the disconnect', () => server.output().includes('front-end disconnected'));
-      const stops = queueStops(server.output());
+      await waitFor('the server to log the disconnect', () => server.findLogs('front-end disconnected').length > 0);
+      const stops = queueStops(server);
       console.log(`      requests per queue (avail index at stop): ${[0, 1, 2, 3].map((q) => `${q}:${stops.get(q)?.next}@${stops.get(q)?.iothread}`).join(' ')}`);
       for (let q = 0; q < 4; q++) {
         const st = stops.get(q);
@@ -551,8 +553,8 @@ echo "io-errors: $(dmesg | grep -c 'I/O error')"
     assert.equal(field(out, new RegExp(`^zero ${discard.offset}: (\\w+)$`, 'm')), 'yes', 'guest reads zeros where it discarded');
     assert.equal(field(out, new RegExp(`^zero ${zeroes.offset}: (\\w+)$`, 'm')), 'yes', 'guest reads zeros where it wrote zeroes');
     assert.equal(field(out, /^io-errors: (\d+)$/m), '0', `guest kernel logged I/O errors:\n${result.output}`);
-    await waitFor('the server to log the disconnect', () => server.output().includes('front-end disconnected'));
-    const stops = queueStops(server.output());
+    await waitFor('the server to log the disconnect', () => server.findLogs('front-end disconnected').length > 0);
+    const stops = queueStops(server);
     for (let q = 0; q < 2; q++) assert.equal(stops.get(q)?.iothread, `vublk-io${q}`, `queue ${q} on its own iothread:\n${server.output()}`);
     assertNoServerErrors(server);
     // Closing the device writes back its page cache (the export is cache=writeback).

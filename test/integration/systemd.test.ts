@@ -74,6 +74,47 @@ describe('systemd integration (notify, socket activation)', function () {
     }
   });
 
+  it('matches activated sockets to exports by name and reports READY=1 once every export listens (qemu-storage-daemon form)', async () => {
+    createImage(path.join(dir, 'a.img'), 1 << 20);
+    createImage(path.join(dir, 'b.img'), 1 << 20);
+    const notify = notifyReceiver(path.join(dir, 'notify'));
+    await until('receiver', () => fs.existsSync(path.join(dir, 'notify')));
+    // systemd passes them in unit order; names decide which export gets which.
+    const fdB = native.unixListen(path.join(dir, 'sd-b.sock'), 4);
+    const fdA = native.unixListen(path.join(dir, 'sd-a.sock'), 4);
+    const args = [
+      '--blockdev', 'driver=file,node-name=a,filename=a.img', '--blockdev', 'driver=file,node-name=b,filename=b.img',
+      '--export', 'type=vhost-user-blk,id=ea,node-name=a,addr.type=unix,addr.path=own-a.sock,writable=on',
+      '--export', 'type=vhost-user-blk,id=eb,node-name=b,addr.type=unix,addr.path=own-b.sock',
+    ].map((a) => `'${a}'`).join(' ');
+    const proc = spawn('sh', ['-c', `LISTEN_PID=$$ exec "${process.execPath}" "${VUBLK_BIN}" ${args}`], {
+      cwd: dir, stdio: ['ignore', 'pipe', 'pipe', fdB, fdA],
+      env: { ...process.env, NOTIFY_SOCKET: path.join(dir, 'notify'), LISTEN_FDS: '2', LISTEN_FDNAMES: 'eb:ea' },
+    });
+    native.close(fdA);
+    native.close(fdB);
+    let out = '';
+    proc.stderr!.on('data', (d) => { out += d; });
+    const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+    try {
+      await until('READY=1', () => notify.messages().some((m) => m.startsWith('READY=1')));
+      assert.match(notify.messages().find((m) => m.startsWith('READY=1'))!, /STATUS=serving ea, eb/);
+      assert.deepEqual(fs.readdirSync(dir).filter((n) => n.startsWith('own-')), [], 'the activated sockets are used instead');
+      // The socket named ea serves a.img.
+      const fe = await BlkFrontend.connect({ socketPath: path.join(dir, 'sd-a.sock'), numQueues: 1 });
+      const data = new Uint8Array(4096).fill(0xa1);
+      assert.equal((await fe.write(0, 0, data)).status, VIRTIO_BLK_S_OK);
+      await fe.disconnect();
+      assert.equal(fs.readFileSync(path.join(dir, 'a.img'))[0], 0xa1);
+      assert.equal(fs.readFileSync(path.join(dir, 'b.img'))[0], 0);
+      proc.kill('SIGTERM');
+      assert.equal(await exited, 0, out);
+    } finally {
+      notify.proc.kill();
+      if (proc.exitCode === null) proc.kill('SIGKILL');
+    }
+  });
+
   it('ignores LISTEN_FDS meant for another process', async () => {
     const image = path.join(dir, 'disk.img');
     createImage(image, 1 << 20);

@@ -3,6 +3,9 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { LogRecord, findLogs, parseLogRecords } from './logs';
+
+export type { LogRecord } from './logs';
 
 export const VUBLK_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'vublk');
 
@@ -11,6 +14,10 @@ export interface ServerProcess {
   socketPath: string;
   /** Everything the server printed so far (stdout and stderr). */
   output(): string;
+  /** vublk's log records so far (JSON lines on its stderr). */
+  logs(): LogRecord[];
+  /** The log records with this msg (string: exactly, RegExp: anywhere) and these field values. */
+  findLogs(msg: string | RegExp, fields?: Record<string, unknown>): LogRecord[];
   /** SIGTERM, then SIGKILL after 5 s; resolves to the exit code, or the signal's name if one ended it. */
   stop(): Promise<number | string>;
 }
@@ -28,13 +35,16 @@ export interface ExportSpec {
 
 function track(proc: ChildProcess, socketPath: string): ServerProcess {
   let out = '';
+  let stderr = '';
   proc.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
-  proc.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
+  proc.stderr?.on('data', (d: Buffer) => { out += d.toString(); stderr += d.toString(); });
   const exited = new Promise<number | string>((resolve) => proc.once('exit', (code, signal) => resolve(code ?? signal ?? 'unknown')));
   return {
     proc,
     socketPath,
     output: () => out,
+    logs: () => parseLogRecords(stderr),
+    findLogs: (msg, fields) => findLogs(parseLogRecords(stderr), msg, fields),
     stop: async () => {
       if (proc.exitCode === null && proc.signalCode === null) {
         proc.kill('SIGTERM');
@@ -67,6 +77,16 @@ function isSocket(p: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Run `vublk ARGS` in the qemu-storage-daemon style (it prints nothing when
+ * ready, like qemu-storage-daemon) and wait until every path in `sockets` listens.
+ */
+export async function startVublkDaemon(args: string[], sockets: string[], cwd?: string): Promise<ServerProcess> {
+  const s = track(spawn(process.execPath, [VUBLK_BIN, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] }), sockets[0] ?? '');
+  await waitUntil(s, () => sockets.every((p) => isSocket(path.resolve(cwd ?? '.', p))), `sockets ${sockets.join(', ')}`);
+  return s;
 }
 
 /** Run `vublk ARGS` and wait for its "serving" line (printed once it listens and handles signals). */

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { ProcessSample, busiestThread, cpuByThread, parseMachineStat, parseProcStat } from '../../src/bench/proc-stats';
+import { ProcessSample, busiestThread, cpuByThread, parseMachineStat, parseProcStat } from '../../src/util/proc-stats';
 import { RunFigures, limitOf, summarize } from '../../src/bench/report';
 import { SampleRecorder, median, percentile } from '../../src/bench/stats';
 

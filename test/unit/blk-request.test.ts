@@ -11,9 +11,10 @@ import {
 import {
   IO_BLKDISCARD, IO_BLKZEROOUT, IO_FLUSH, IO_PUNCH_HOLE, IO_READ, IO_WRITE, IO_ZERO_RANGE,
 } from '../../src/storage/engine';
-import { Logger, setLogSink } from '../../src/util/log';
+import { LOG_LEVEL_VALUES, Logger, setLogSink } from '../../src/util/log';
 import { SplitQueue, VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE } from '../../src/virtq/split';
 import { FAKE_HOST_BASE, fakeGuest, makeAvailable, writeDesc } from '../support/fake-memory';
+import { findLogs, parseLogRecords } from '../support/logs';
 import { MemoryEngine } from '../support/memory-engine';
 
 const SIZE = 16;
@@ -222,7 +223,7 @@ describe('virtio-blk requests', () => {
     r = await h.run([{ addr: HDR, len: 16 }, { addr: 0x7fff0000, len: 512, write: true }, { addr: STATUS, len: 1, write: true }]);
     assert.equal(r.usedLen, 0);
     assert.equal(h.engine.calls.length, 0);
-    assert.ok(lines.some((l) => /malformed request/.test(l)));
+    assert.equal(findLogs(parseLogRecords(lines), 'malformed request', { level: LOG_LEVEL_VALUES.warn, reason: 'buffer outside guest memory' }).length, 1, lines.join('\n'));
   });
 
   it('refuses writes on a read-only disk', async () => {
@@ -239,7 +240,7 @@ describe('virtio-blk requests', () => {
     h.engine.injected.push(-5);
     h.header(VIRTIO_BLK_T_IN, 0);
     assert.equal((await h.run(req(512, true))).status, VIRTIO_BLK_S_IOERR);
-    assert.ok(lines.some((l) => /errno=5/.test(l)));
+    assert.equal(findLogs(parseLogRecords(lines), 'I/O error', { errno: 5, sector: 0 }).length, 1, lines.join('\n'));
     h.header(VIRTIO_BLK_T_IN, 0);
     assert.equal((await h.run(req(512, true))).status, VIRTIO_BLK_S_OK);
   });
@@ -490,7 +491,7 @@ describe('virtio-blk DISCARD and WRITE_ZEROES', () => {
     assert.equal((await h.run(dwz(writeSegs(h.g.view, [[0, 8], [16, 8]])))).status, VIRTIO_BLK_S_IOERR);
     assert.equal(h.engine.calls.length, 1);
     assert.ok(h.diskBytes.subarray(8192, 12288).every((b) => b === 0xaa), 'second segment untouched');
-    assert.ok(lines.some((l) => /errno=95/.test(l)));
+    assert.equal(findLogs(parseLogRecords(lines), 'I/O error', { errno: 95 }).length, 1, lines.join('\n'));
     // The slot is usable again.
     h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
     assert.equal((await h.run(dwz(writeSegs(h.g.view, [[0, 8], [16, 8]])))).status, VIRTIO_BLK_S_OK);

@@ -1,13 +1,15 @@
 // VhostUserClient against a scripted back-end on a socketpair: flags, reply
 // matching, REPLY_ACK, fd passing, and how failures surface.
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
 import {
-  FrontendRequest as R, Message, NEED_REPLY_FLAG, Payload, ProtocolError, ProtocolFeature, REPLY_FLAG, bit,
-  decodeFrontendMessage, encodeMessage,
+  BackendRequest as B, FrontendRequest as R, Message, NEED_REPLY_FLAG, Payload, ProtocolError, ProtocolFeature,
+  RawMessage, REPLY_FLAG, bit, decodeBackendAck, decodeFrontendMessage, encodeBackendRequest, encodeMessage,
 } from '../../protocol';
 import { VhostUserClient, VhostUserError } from '../../src/frontend/client';
 import { native } from '../../src/native/addon';
 import { Endpoint } from '../../src/transport/endpoint';
+import { waitFor } from '../support/wait';
 
 /** The back-end end of the pair: records requests and answers through `answer`. */
 class FakeBackend {
@@ -185,5 +187,133 @@ describe('frontend VhostUserClient', () => {
     ({ client, backend } = pair(50));
     await assert.rejects(client.getFeatures(), isError('timeout', /GET_FEATURES within 50 ms/));
     assert.equal(client.isClosed, true);
+  });
+});
+
+/** The back-end's end of a back-end channel: sends requests, collects the acks. */
+class ChannelPeer {
+  readonly replies: RawMessage[] = [];
+  closedReason: string | undefined;
+  readonly endpoint: Endpoint;
+  constructor(fd: number) {
+    this.endpoint = new Endpoint(fd, {
+      message: (raw) => this.replies.push(raw),
+      protocolError: () => undefined,
+      closed: (reason) => { this.closedReason = reason; },
+    });
+    this.endpoint.start();
+  }
+  send(bytes: Uint8Array): void { this.endpoint.send(bytes); }
+}
+
+const openFds = (): number => fs.readdirSync('/proc/self/fd').length;
+
+describe('frontend VhostUserClient: back-end channel', () => {
+  let client: VhostUserClient;
+  let backend: FakeBackend;
+  let peer: ChannelPeer | undefined;
+  beforeEach(() => ({ client, backend } = pair()));
+  afterEach(() => {
+    client.close();
+    backend.endpoint.close();
+    peer?.endpoint.close();
+    peer = undefined;
+  });
+
+  /** SET_BACKEND_REQ_FD through the fake back-end, which keeps the fd it got. */
+  async function setUp(handlers: Parameters<VhostUserClient['setBackendReqFd']>[0], ack?: bigint): Promise<ChannelPeer> {
+    if (ack !== undefined) {
+      await client.setProtocolFeatures(bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.BACKEND_REQ));
+      backend.answer = (m) => { if (m.flags & NEED_REPLY_FLAG) backend.reply(m.request, { kind: 'u64', value: ack }); };
+    }
+    const done = client.setBackendReqFd(handlers);
+    await backend.waitFor(ack !== undefined ? 2 : 1);
+    await done;
+    const m = backend.received[backend.received.length - 1];
+    assert.equal(m.request, R.SET_BACKEND_REQ_FD);
+    assert.equal(m.fds.length, 1);
+    assert.ok(fs.fstatSync(m.fds[0]).isSocket());
+    peer = new ChannelPeer(m.fds[0]);
+    return peer;
+  }
+
+  it('sends SET_BACKEND_REQ_FD with one socket, NEED_REPLY with REPLY_ACK', async () => {
+    await setUp({}, 0n);
+    assert.equal(backend.received[1].flags, 1 | NEED_REPLY_FLAG);
+    assert.deepEqual(backend.received[1].payload, { kind: 'none' });
+    assert.ok(client.backendChannel !== undefined && !client.backendChannel.isClosed);
+  });
+
+  it('calls configChange and acks a NEED_REPLY CONFIG_CHANGE_MSG with 0 once the handler is done', async () => {
+    let release!: () => void;
+    let calls = 0;
+    const p = await setUp({ configChange: () => { calls++; return new Promise<void>((r) => { release = r; }); } });
+    p.send(encodeBackendRequest(B.CONFIG_CHANGE_MSG, { kind: 'none' }, true));
+    await waitFor('the handler', () => calls === 1);
+    await new Promise((r) => setTimeout(r, 10));
+    assert.equal(p.replies.length, 0, 'no ack before the handler finished');
+    release();
+    await waitFor('the ack', () => p.replies.length === 1);
+    assert.equal(decodeBackendAck(B.CONFIG_CHANGE_MSG, p.replies[0]), 0n);
+    assert.equal(p.replies[0].flags, 1 | REPLY_FLAG);
+    assert.equal(client.backendChannel?.received.length, 1);
+  });
+
+  it('does not answer a CONFIG_CHANGE_MSG without NEED_REPLY', async () => {
+    let calls = 0;
+    const p = await setUp({ configChange: () => { calls++; } });
+    p.send(encodeBackendRequest(B.CONFIG_CHANGE_MSG, { kind: 'none' }, false));
+    p.send(encodeBackendRequest(B.CONFIG_CHANGE_MSG, { kind: 'none' }, true));
+    await waitFor('the ack of the second', () => p.replies.length === 1);
+    assert.equal(calls, 2);
+  });
+
+  it('acks 1 when the handler fails and for requests it does not handle, in order', async () => {
+    let n = 0;
+    const p = await setUp({ configChange: async () => { if (++n === 1) throw new Error('GET_CONFIG failed'); } });
+    p.send(encodeBackendRequest(B.CONFIG_CHANGE_MSG, { kind: 'none' }, true));
+    p.send(encodeBackendRequest(B.IOTLB_MSG, { kind: 'iotlb', iova: 0n, size: 4096n, userAddr: 0n, perm: 1, type: 1 }, true));
+    p.send(encodeBackendRequest(B.CONFIG_CHANGE_MSG, { kind: 'none' }, true));
+    await waitFor('three acks', () => p.replies.length === 3);
+    assert.deepEqual(p.replies.map((r) => r.request), [B.CONFIG_CHANGE_MSG, B.IOTLB_MSG, B.CONFIG_CHANGE_MSG]);
+    assert.deepEqual(p.replies.map((r, i) => decodeBackendAck([B.CONFIG_CHANGE_MSG, B.IOTLB_MSG, B.CONFIG_CHANGE_MSG][i], r)), [1n, 1n, 0n]);
+  });
+
+  it('closes only the channel on a malformed back-end request', async () => {
+    const p = await setUp({});
+    p.send(encodeMessage(B.CONFIG_CHANGE_MSG, REPLY_FLAG, { kind: 'none' }));
+    assert.match(await client.backendChannel!.closed, /malformed back-end request/);
+    await waitFor('the back-end to see the hang-up', () => p.closedReason !== undefined);
+    assert.equal(client.isClosed, false);
+    backend.answer = (m) => backend.reply(m.request, { kind: 'u64', value: 3n });
+    assert.equal(await client.getQueueNum(), 3);
+  });
+
+  it('a refused SET_BACKEND_REQ_FD closes our end and leaks no fd', async () => {
+    await client.setProtocolFeatures(bit(ProtocolFeature.REPLY_ACK));
+    const before = openFds();
+    backend.answer = (m) => {
+      if (m.request !== R.SET_BACKEND_REQ_FD) return;
+      for (const fd of m.fds) native.close(fd);
+      backend.reply(m.request, { kind: 'u64', value: 1n });
+    };
+    await assert.rejects(client.setBackendReqFd({}), isError('nack', /SET_BACKEND_REQ_FD/));
+    assert.equal(client.backendChannel, undefined);
+    assert.equal(openFds(), before);
+  });
+
+  it('closing the connection closes the channel; no fd outlives it', async () => {
+    client.close();
+    backend.endpoint.close();
+    await client.closed;
+    const before = openFds();
+    ({ client, backend } = pair());
+    const p = await setUp({});
+    const channel = client.backendChannel!;
+    client.close();
+    assert.match(await channel.closed, /vhost-user connection closed/);
+    await waitFor('the back-end to see the hang-up', () => p.closedReason !== undefined);
+    backend.endpoint.close();
+    assert.equal(openFds(), before);
   });
 });

@@ -8,7 +8,13 @@ import {
   decodeReply,
   decodeBackendMessage,
   decodeBackendReply,
+  decodeBackendAck,
+  encodeBackendRequest,
+  encodeReplyAck,
   BackendRequest as B,
+  ProtocolFeature,
+  MessageReader,
+  bit,
   type Message,
   type RawMessage,
 } from '../../protocol';
@@ -431,5 +437,102 @@ describe('protocol: back-end channel', () => {
       'bad-fd-count',
       [12],
     );
+  });
+});
+
+// The back-end channel as QEMU 7.2 runs it (hw/virtio/vhost-user.c): the
+// front-end creates a socketpair and passes one end with SET_SLAVE_REQ_FD
+// (NEED_REPLY set when REPLY_ACK was negotiated); its slave_read() answers a
+// request carrying NEED_REPLY with the same header, NEED_REPLY swapped for
+// REPLY, size 8, and u64 = !!ret.
+describe('protocol: back-end channel (BACKEND_REQ)', () => {
+  const ack = (request: number, bytes: string, fds: number[] = []) => decodeBackendAck(request, toRaw(hex(bytes), fds));
+  const ackErr = (request: number, bytes: string, kind: ProtocolError['kind'], fds: number[] = []): ProtocolError => {
+    const r = ack(request, bytes, fds);
+    if (!(r instanceof ProtocolError)) return assert.fail(`expected ${kind}, got ack ${r}`);
+    assert.equal(r.kind, kind, r.message);
+    assert.deepEqual(r.fds, fds);
+    return r;
+  };
+
+  it('numbers: SET_BACKEND_REQ_FD 21, feature bit 5, IOTLB 1 / CONFIG_CHANGE 2 / VRING_HOST_NOTIFIER 3', () => {
+    assert.equal(F.SET_BACKEND_REQ_FD, 21);
+    assert.equal(ProtocolFeature.BACKEND_REQ, 5);
+    assert.equal(bit(ProtocolFeature.BACKEND_REQ), 0x20n);
+    assert.deepEqual([B.IOTLB_MSG, B.CONFIG_CHANGE_MSG, B.VRING_HOST_NOTIFIER_MSG], [1, 2, 3]);
+  });
+
+  it('SET_BACKEND_REQ_FD as QEMU sends it, with and without NEED_REPLY', () => {
+    for (const flags of ['01000000', '09000000']) {
+      const m = ok(front(`15000000 ${flags} 00000000`, [33]));
+      assert.equal(m.request, F.SET_BACKEND_REQ_FD);
+      assert.deepEqual(m.payload, { kind: 'none' });
+      assert.deepEqual(m.fds, [33]);
+    }
+    err(front('15000000 09000000 00000000', [33, 34]), 'bad-fd-count', [33, 34]);
+    err(front('15000000 09000000 08000000 0000000000000000', [33]), 'bad-size', [33]);
+  });
+
+  it('encodes CONFIG_CHANGE_MSG: header only, NEED_REPLY only when asked', () => {
+    assert.deepEqual(encodeBackendRequest(B.CONFIG_CHANGE_MSG, { kind: 'none' }, true), hex('02000000 09000000 00000000'));
+    assert.deepEqual(encodeBackendRequest(B.CONFIG_CHANGE_MSG, { kind: 'none' }, false), hex('02000000 01000000 00000000'));
+    assert.throws(() => encodeBackendRequest(F.GET_CONFIG, { kind: 'none' }, false), RangeError);
+    assert.throws(() => encodeBackendRequest(0, { kind: 'none' }, false), RangeError);
+  });
+
+  it('a size-0 CONFIG_CHANGE_MSG is a whole message as soon as its header is read', () => {
+    const r = new MessageReader().feed(hex('02000000 09000000 00000000'));
+    assert.equal(r.type, 'message');
+    if (r.type !== 'message') return;
+    assert.deepEqual(ok(decodeBackendMessage(r.raw)).payload, { kind: 'none' });
+  });
+
+  it('encodes the REPLY_ACK a front-end sends back, byte for byte like QEMU', () => {
+    assert.deepEqual(encodeReplyAck(B.CONFIG_CHANGE_MSG, 0n), hex('02000000 05000000 08000000 0000000000000000'));
+    assert.deepEqual(encodeReplyAck(B.CONFIG_CHANGE_MSG, 1n), hex('02000000 05000000 08000000 0100000000000000'));
+  });
+
+  it('decodes the ack value of a well-formed reply', () => {
+    assert.equal(ack(B.CONFIG_CHANGE_MSG, '02000000 05000000 08000000 0000000000000000'), 0n);
+    assert.equal(ack(B.CONFIG_CHANGE_MSG, '02000000 05000000 08000000 0100000000000000'), 1n);
+    assert.equal(ack(B.CONFIG_CHANGE_MSG, '02000000 05000000 08000000 eaffffffffffffff'), 0xffff_ffff_ffff_ffean);
+    assert.equal(ack(B.IOTLB_MSG, '01000000 05000000 08000000 0000000000000000'), 0n);
+  });
+
+  it('malformed replies: flags', () => {
+    ackErr(B.CONFIG_CHANGE_MSG, '02000000 01000000 08000000 0000000000000000', 'bad-reply-flag');
+    ackErr(B.CONFIG_CHANGE_MSG, '02000000 09000000 08000000 0000000000000000', 'bad-reply-flag');
+    ackErr(B.CONFIG_CHANGE_MSG, '02000000 0d000000 08000000 0000000000000000', 'bad-reply-flag');
+    ackErr(B.CONFIG_CHANGE_MSG, '02000000 04000000 08000000 0000000000000000', 'bad-version');
+    ackErr(B.CONFIG_CHANGE_MSG, '02000000 07000000 08000000 0000000000000000', 'bad-version');
+    ackErr(B.CONFIG_CHANGE_MSG, '02000000 15000000 08000000 0000000000000000', 'reserved-flags');
+  });
+
+  it('malformed replies: another request number, sizes, fds', () => {
+    const e = ackErr(B.CONFIG_CHANGE_MSG, '01000000 05000000 08000000 0000000000000000', 'unexpected-reply');
+    assert.equal(e.request, B.IOTLB_MSG);
+    ackErr(B.CONFIG_CHANGE_MSG, '15000000 05000000 08000000 0000000000000000', 'unexpected-reply');
+    ackErr(B.CONFIG_CHANGE_MSG, '02000000 05000000 00000000', 'bad-size');
+    ackErr(B.CONFIG_CHANGE_MSG, '02000000 05000000 04000000 00000000', 'bad-size');
+    ackErr(B.CONFIG_CHANGE_MSG, '02000000 05000000 10000000 0000000000000000 0000000000000000', 'bad-size');
+    ackErr(B.CONFIG_CHANGE_MSG, '02000000 05000000 08000000 0000000000000000', 'bad-fd-count', [44]);
+    // The header claims 8 bytes but fewer arrived (the framing layer never does this; a caller might).
+    const short = decodeBackendAck(B.CONFIG_CHANGE_MSG, { ...toRaw(hex('02000000 05000000 04000000 00000000')), size: 8 });
+    assert.ok(short instanceof ProtocolError && short.kind === 'bad-size');
+    // Even SHARED_OBJECT_LOOKUP, whose full reply may carry an fd: an ack is a bare verdict.
+    ackErr(B.SHARED_OBJECT_LOOKUP, '08000000 05000000 08000000 0000000000000000', 'bad-fd-count', [45]);
+    ackErr(9, '09000000 05000000 08000000 0000000000000000', 'unknown-request', [46]);
+  });
+
+  it('front-end side: malformed back-end requests', () => {
+    const back = (bytes: string, fds: number[] = []) => decodeBackendMessage(toRaw(hex(bytes), fds));
+    assert.equal(ok(back('02000000 01000000 00000000')).flags, 1, 'no NEED_REPLY without REPLY_ACK');
+    err(back('02000000 09000000 08000000 0000000000000000'), 'bad-size');
+    err(back('02000000 09000000 00000000', [47]), 'bad-fd-count', [47]);
+    err(back('02000000 05000000 00000000'), 'bad-reply-flag');
+    err(back('02000000 00000000 00000000'), 'bad-version');
+    err(back('02000000 19000000 00000000'), 'reserved-flags');
+    err(back('00000000 01000000 00000000'), 'unknown-request');
+    err(back('15000000 09000000 00000000', [48]), 'unknown-request', [48]);
   });
 });

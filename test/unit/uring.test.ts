@@ -17,7 +17,8 @@ import { CompletionHandler, StorageEngine } from '../../src/storage/engine';
 import { probeUring, selectEngine, UringAvailability } from '../../src/storage/select';
 import { ThreadPoolEngine } from '../../src/storage/threadpool';
 import { UringEngine } from '../../src/storage/uring';
-import { Logger, setLogSink } from '../../src/util/log';
+import { LOG_LEVEL_VALUES, Logger, setLogSink } from '../../src/util/log';
+import { findLogs, parseLogRecords } from '../support/logs';
 import { sleep, waitFor } from '../support/wait';
 
 const ERRNO = os.constants.errno;
@@ -682,6 +683,11 @@ describe('engine selection', () => {
     prevSink = setLogSink((line) => lines.push(line));
   });
   afterEach(() => { setLogSink(prevSink); });
+  const omitTime = (r: Record<string, unknown>): Record<string, unknown> => {
+    assert.equal(typeof r.time, 'number');
+    const { time: _time, ...rest } = r;
+    return rest;
+  };
 
   const unavailable = (): UringAvailability => ({ ok: false, reason: 'disabled by sysctl kernel.io_uring_disabled=2' });
   const make = (aio: 'auto' | 'io_uring' | 'threads', probe?: () => UringAvailability): StorageEngine => {
@@ -710,12 +716,14 @@ describe('engine selection', () => {
   it('falls back with one info line for auto and one warning when io_uring was asked for', () => {
     assert.equal(make('auto', unavailable).name, 'threads');
     assert.equal(lines.length, 1);
-    assert.match(lines[0], / INFO io_uring unavailable, using the thread-pool engine .*aio=auto/);
-    assert.match(lines[0], /reason="disabled by sysctl kernel.io_uring_disabled=2"/);
+    assert.deepEqual(omitTime(JSON.parse(lines[0])), {
+      level: LOG_LEVEL_VALUES.info, pid: process.pid, component: 'test', aio: 'auto',
+      reason: 'disabled by sysctl kernel.io_uring_disabled=2', msg: 'io_uring unavailable, using the thread-pool engine',
+    });
     lines = [];
     assert.equal(make('io_uring', unavailable).name, 'threads');
     assert.equal(lines.length, 1);
-    assert.match(lines[0], / WARN io_uring unavailable, .*aio=io_uring/);
+    assert.equal(findLogs(parseLogRecords(lines), 'io_uring unavailable, using the thread-pool engine', { level: LOG_LEVEL_VALUES.warn, aio: 'io_uring' }).length, 1);
   });
 
   it('reads kernel.io_uring_disabled before trying a ring', () => {
@@ -737,6 +745,7 @@ describe('engine selection', () => {
     assert.equal(e.name, 'threads');
     e.close();
     assert.equal(lines.length, 1);
-    assert.match(lines[0], / WARN io_uring engine creation failed, .*reason="io_uring_setup: Invalid argument"/);
+    assert.equal(findLogs(parseLogRecords(lines), 'io_uring engine creation failed, using the thread-pool engine',
+      { level: LOG_LEVEL_VALUES.warn, aio: 'io_uring', reason: 'io_uring_setup: Invalid argument' }).length, 1, lines[0]);
   });
 });

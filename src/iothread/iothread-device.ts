@@ -1,17 +1,19 @@
-// What runs on an iothread: its view of guest memory, the rings it owns and
-// the device runtime that handles their requests. The same class serves a
-// worker_thread (through worker-main.ts) and the in-thread data plane used in
-// unit tests, so both paths run identical code.
+// One device's share of an iothread: its view of guest memory, the rings of
+// it that this thread owns and the device runtime that handles their
+// requests. An iothread hosts one of these per device it serves (several
+// exports may share an iothread). The same class serves a worker_thread
+// (through worker-main.ts) and the in-thread data plane used in unit tests,
+// so both paths run identical code.
 import { DataPlane } from '../dataplane/dataplane';
 import { GuestMemory, GuestRegion } from '../memory/guest-memory';
 import { detachWindows, makeWindows } from '../memory/mapping';
 import { Logger } from '../util/log';
 import { DeviceRuntime, EngineSelector, createDeviceRuntime } from './device-runtime';
-import { DeviceSpec, IothreadRequest, RegionInfo } from './messages';
+import { DeviceRequest, DeviceSpec, RegionInfo } from './messages';
 
 const regionKey = (r: RegionInfo): string => `${r.guestPhysAddr}:${r.size}:${r.hostAddr}`;
 
-export class IothreadRuntime {
+export class IothreadDevice {
   private readonly mem = new GuestMemory();
   private readonly regions = new Map<string, GuestRegion>();
   private readonly device: DeviceRuntime;
@@ -25,7 +27,7 @@ export class IothreadRuntime {
   get engineName(): string { return this.device.engineName; }
 
   /** Handle one request; the result is what the control plane waits for (if anything). */
-  async handle(req: IothreadRequest): Promise<string | number | undefined> {
+  async handle(req: DeviceRequest): Promise<string | number | undefined> {
     switch (req.type) {
       case 'memory':
         await this.setMemory(req.regions);
@@ -90,6 +92,6 @@ export class IothreadRuntime {
     await this.dataPlane.stopAll();
     await this.setMemory([]);
     this.device.close();
-    this.log.debug('iothread stopped');
+    this.log.debug('device detached from iothread');
   }
 }
