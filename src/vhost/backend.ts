@@ -76,6 +76,8 @@ export class VhostBackend {
   private torndown = false;
   /** Set by SET_BACKEND_REQ_FD; kept across device resets, closed on teardown. */
   private backendChannel: BackendChannel | undefined;
+  /** The config changed while the front-end was still setting up; notify once a ring runs. */
+  private configChangePending = false;
   /** Why the last back-end channel closed, for the error of a later request. */
   private backendChannelClosed: string | undefined;
   private readonly backendReplyTimeoutMs: number;
@@ -300,6 +302,12 @@ export class VhostBackend {
    */
   notifyConfigChange(): Promise<void> {
     const channel = this.backendChannel;
+    if (channel === undefined && this.backendChannelClosed === undefined && !this.vrings.some((v) => v.started)) {
+      // Still setting up (QEMU reconnecting, say): the channel and the device's start are
+      // yet to come, and QEMU does not read config space again on its own. Tell it once a ring runs.
+      this.configChangePending = true;
+      return Promise.resolve();
+    }
     if (channel === undefined) {
       const why = this.backendChannelClosed === undefined
         ? 'the front-end did not set up the back-end channel (SET_BACKEND_REQ_FD)'
@@ -368,6 +376,10 @@ export class VhostBackend {
     });
     if (why !== undefined) refuse(why);
     vr.started = true;
+    if (this.configChangePending) {
+      this.configChangePending = false;
+      this.notifyConfigChange().catch((e: Error) => this.log.warn('cannot tell the driver about a config change made during setup', { error: e }));
+    }
   }
 
   /** Stop a ring (waiting for its requests) and return the index to resume from. */
