@@ -54,6 +54,16 @@ export interface VhostBackendOptions {
   backendReplyTimeoutMs?: number;
 }
 
+/**
+ * What a front-end may send before SET_OWNER: feature and protocol
+ * negotiation and the back-end channel, as QEMU's vhost_user_backend_init()
+ * does; everything that changes the device needs an owner.
+ */
+const BEFORE_OWNER: ReadonlySet<number> = new Set([
+  R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.SET_PROTOCOL_FEATURES, R.GET_QUEUE_NUM, R.GET_MAX_MEM_SLOTS,
+  R.SET_BACKEND_REQ_FD, R.SET_OWNER, R.RESET_OWNER,
+]);
+
 /** A request the back-end refuses; answered with a REPLY_ACK failure or by closing the connection. */
 export class RequestRefused extends Error {}
 
@@ -150,6 +160,10 @@ export class VhostBackend {
   /** Handle one message; returns the reply payload for requests that have one. */
   private async handle(msg: Message): Promise<Payload | undefined> {
     const p = msg.payload;
+    if (!this.owned && !BEFORE_OWNER.has(msg.request)) {
+      for (const fd of msg.fds) native.close(fd);
+      refuse(`${frontendRequestName(msg.request)} before SET_OWNER`);
+    }
     switch (msg.request) {
       case R.GET_FEATURES:
         return this.u64(this.offeredFeatures);
@@ -175,6 +189,10 @@ export class VhostBackend {
         this.owned = true;
         return NO_REPLY;
       case R.RESET_OWNER:
+        // The front-end gives the session up; it must SET_OWNER again before changing anything.
+        await this.resetDevice();
+        this.owned = false;
+        return NO_REPLY;
       case R.RESET_DEVICE:
         await this.resetDevice();
         return NO_REPLY;
@@ -397,6 +415,11 @@ export class VhostBackend {
   private mapOne(region: MemoryRegion, fd: number): MappedRegion {
     try {
       if (region.size === 0) refuse('memory region of size 0');
+      // The codec takes values below 2^53; a region must also end below it, or its
+      // addresses could not be told apart (the u64 front-end view would wrap past 2^64 long after).
+      for (const [name, start] of [['guest', region.guestPhysAddr], ['user', region.userAddr], ['mmap offset', region.mmapOffset]] as const) {
+        if (start + region.size > Number.MAX_SAFE_INTEGER) refuse(`memory region ${name} range 0x${start.toString(16)}+0x${region.size.toString(16)} runs past 2^53`);
+      }
       // QEMU only sends page-aligned regions; ring views rely on the alignment
       // of a region's start carrying over to addresses inside it.
       for (const [name, v] of [['guest address', region.guestPhysAddr], ['user address', region.userAddr],

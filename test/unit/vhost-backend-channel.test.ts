@@ -112,6 +112,7 @@ describe('vhost-user back-end channel (BACKEND_REQ)', () => {
 
   async function negotiate(features = FEATURES): Promise<void> {
     await send(R.SET_PROTOCOL_FEATURES, { kind: 'u64', value: features });
+    await send(R.SET_OWNER, { kind: 'none' });
   }
 
   /** SET_BACKEND_REQ_FD with one end of a fresh socketpair; returns the other end and the REPLY_ACK. */

@@ -25,7 +25,7 @@ describe('vhost-user back-end state machine', () => {
     minIoSize: 0, optIoSize: 0, direct: false, directAlignment: 512, discard: false, writeZeroes: false, serial: 's',
   };
 
-  beforeEach(() => {
+  beforeEach(async () => {
     lines = [];
     restore = setLogSink((l) => lines.push(l));
     ep = new FakeEndpoint();
@@ -33,6 +33,7 @@ describe('vhost-user back-end state machine', () => {
     const dataPlane = new LocalDataPlane({ type: 'blk', disk, writeback: true, aio: 'threads', lanes: 2 }, new Logger(),
       () => (_n, done) => new MemoryEngine(new Uint8Array(1), new Uint8Array(1), done));
     backend = new VhostBackend(ep as unknown as Endpoint, device, dataPlane, new Logger());
+    await send(R.SET_OWNER, { kind: 'none' });
   });
   afterEach(async () => {
     await backend.teardown();
@@ -70,6 +71,19 @@ describe('vhost-user back-end state machine', () => {
       assert.ok(pf & bit(ProtocolFeature[b]), b);
     }
     assert.equal(valueOf(await send(R.GET_QUEUE_NUM, { kind: 'none' })), 2n);
+  });
+
+  it('refuses what changes the device before SET_OWNER, but not negotiation', async () => {
+    await negotiateReplyAck();
+    await send(R.RESET_OWNER, { kind: 'none' });
+    assert.ok(valueOf(await send(R.GET_FEATURES, { kind: 'none' })) > 0n);
+    assert.equal(valueOf(await send(R.SET_FEATURES, u64(bit(32)), [], NEED_REPLY_FLAG)), 1n);
+    const efd = native.eventfd(0);
+    assert.equal(valueOf(await send(R.SET_VRING_CALL, { kind: 'vringFd', index: 0, noFd: false }, [efd], NEED_REPLY_FLAG)), 1n);
+    assert.equal(isOpen(efd), false, 'the fd of a refused message is closed');
+    assert.ok(findLogs(parseLogRecords(lines.join('\n')), 'request refused', { reason: 'SET_FEATURES before SET_OWNER' }).length === 1, lines.join('\n'));
+    await send(R.SET_OWNER, { kind: 'none' });
+    assert.equal(valueOf(await send(R.SET_FEATURES, u64(bit(32)), [], NEED_REPLY_FLAG)), 0n);
   });
 
   it('acks success and failure truthfully with REPLY_ACK', async () => {
