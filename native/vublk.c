@@ -21,6 +21,9 @@
 
 #include "common.h"
 
+#include <grp.h>
+#include <pwd.h>
+
 // Tags make unwrap safe against foreign wrapped objects being passed back in.
 static const napi_type_tag WATCHER_TAG = {0x7675626c6b776174ULL, 0x6368657200000001ULL};
 static const napi_type_tag ENGINE_TAG = {0x7675626c6b656e67ULL, 0x696e650000000001ULL};
@@ -71,6 +74,32 @@ static napi_value js_unix_listen(napi_env env, napi_callback_info info) {
     return throw_errno(env, "listen", err);
   }
   return make_int(env, fd);
+}
+
+// Bound but not yet listening: until listen(), connect() is refused, so the
+// caller can set the socket file's mode and owner before anyone can attach.
+static napi_value js_unix_bind(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  struct sockaddr_un sa;
+  socklen_t salen;
+  if (!arg_sockaddr(env, argv[0], "bind", &sa, &salen)) return NULL;
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  if (bind(fd, (struct sockaddr *)&sa, salen) < 0) {
+    close_keep_errno(fd);
+    return throw_errno(env, "bind", errno);
+  }
+  return make_int(env, fd);
+}
+
+static napi_value js_listen(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  int32_t backlog;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  if (!arg_int32(env, argv[1], "backlog", 0, INT32_MAX, &backlog)) return NULL;
+  if (listen(fd, backlog) < 0) return throw_errno(env, "listen", errno);
+  return make_undefined(env);
 }
 
 static napi_value js_unix_connect(napi_env env, napi_callback_info info) {
@@ -979,6 +1008,49 @@ static napi_value js_io_engine_destroy(napi_env env, napi_callback_info info) {
 }
 
 // ---------------------------------------------------------------------------
+// Users and groups by name, through NSS (so LDAP, sssd or systemd-userdb names
+// resolve as they do for chown(1)). -1 when there is no such name.
+
+// getpw*_r/getgr*_r report "not found" as 0 with no result, or as one of these.
+static bool lookup_not_found(int err) {
+  return err == 0 || err == ENOENT || err == ESRCH || err == EBADF || err == EPERM;
+}
+
+static napi_value lookup_id(napi_env env, napi_callback_info info, bool group) {
+  ARGS(1);
+  char name[256];
+  size_t n;
+  bool too_long;
+  if (!arg_cstring(env, argv[0], "name", name, sizeof name, &n, &too_long)) return NULL;
+  if (n == 0 || too_long) return make_int(env, -1);
+  const char *syscall = group ? "getgrnam_r" : "getpwnam_r";
+  // The buffer holds the entry's strings; a group with many members needs more: grow on ERANGE.
+  for (size_t size = 4096; size <= (1u << 24); size *= 2) {
+    char *buf = malloc(size);
+    if (!buf) return throw_errno(env, syscall, ENOMEM);
+    int err;
+    int64_t id = -1;
+    if (group) {
+      struct group gr, *res = NULL;
+      err = getgrnam_r(name, &gr, buf, size, &res);
+      if (err == 0 && res) id = res->gr_gid;
+    } else {
+      struct passwd pw, *res = NULL;
+      err = getpwnam_r(name, &pw, buf, size, &res);
+      if (err == 0 && res) id = res->pw_uid;
+    }
+    free(buf);
+    if (err == ERANGE) continue;
+    if (id >= 0 || lookup_not_found(err)) return make_int(env, id);
+    return throw_errno(env, syscall, err);
+  }
+  return throw_errno(env, syscall, ERANGE);
+}
+
+static napi_value js_user_id(napi_env env, napi_callback_info info) { return lookup_id(env, info, false); }
+static napi_value js_group_id(napi_env env, napi_callback_info info) { return lookup_id(env, info, true); }
+
+// ---------------------------------------------------------------------------
 // Module
 
 NAPI_MODULE_INIT() {
@@ -998,6 +1070,8 @@ NAPI_MODULE_INIT() {
 #define FN(name, fn) {name, NULL, fn, NULL, NULL, NULL, napi_enumerable, NULL}
   const napi_property_descriptor fns[] = {
       FN("unixListen", js_unix_listen),
+      FN("unixBind", js_unix_bind),
+      FN("listen", js_listen),
       FN("unixConnect", js_unix_connect),
       FN("accept", js_accept),
       FN("socketpair", js_socketpair),
@@ -1019,6 +1093,8 @@ NAPI_MODULE_INIT() {
       FN("ioEngineSubmitRange", js_io_engine_submit_range),
       FN("ioEngineInFlight", js_io_engine_in_flight),
       FN("ioEngineDestroy", js_io_engine_destroy),
+      FN("userId", js_user_id),
+      FN("groupId", js_group_id),
   };
 #undef FN
   NAPI_OK(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));

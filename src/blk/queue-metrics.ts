@@ -3,6 +3,7 @@
 // plane (Prometheus metrics, `vublk stats`) without asking the iothread.
 // One writer per queue; readers may see a value a request old, never torn
 // (aligned 8-byte stores).
+import { ERRNO_MAX, errnoName } from '../util/errno';
 import { VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES } from './constants';
 
 /** Request kinds counted separately; OTHER: unknown types and malformed chains. */
@@ -21,7 +22,24 @@ export const M_UNSUPP = 10;
 export const M_IN_FLIGHT = 11;
 export const M_LATENCY_SUM = 12;
 export const M_LATENCY_BUCKETS = 13; // LATENCY_BOUNDS.length + 1 buckets (not cumulative)
-export const QUEUE_METRICS_FIELDS = M_LATENCY_BUCKETS + LATENCY_BOUNDS.length + 1;
+/**
+ * Requests the backing store failed, by cause (a subset of M_IOERR, which also
+ * counts requests refused before any I/O): slot 0 short transfers, slot n errno n,
+ * the last slot errnos beyond ERRNO_MAX. Indexed by errno so counting needs no lookup.
+ */
+export const M_STORAGE_ERRORS = M_LATENCY_BUCKETS + LATENCY_BOUNDS.length + 1;
+export const STORAGE_ERROR_SLOTS = ERRNO_MAX + 2;
+export const QUEUE_METRICS_FIELDS = M_STORAGE_ERRORS + STORAGE_ERROR_SLOTS;
+
+/** Slot of a storage failure: its errno, or 0 for a short transfer (errno 0). */
+export function storageErrorSlot(errno: number): number {
+  return errno >= 0 && errno <= ERRNO_MAX ? errno : ERRNO_MAX + 1;
+}
+
+/** Label of a storage error slot: "short", an errno name ("ENOSPC"), or "other". */
+export function storageErrorName(slot: number): string {
+  return slot === 0 ? 'short' : slot <= ERRNO_MAX ? errnoName(slot) : 'other';
+}
 
 /** The kind index of a virtio-blk request type. */
 export function kindOf(type: number): number {

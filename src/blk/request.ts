@@ -9,8 +9,9 @@
 // sync of write-through) resubmit on the same engine slot from the completion.
 import { GuestMemory, WINDOW_OVERLAP } from '../memory/guest-memory';
 import {
-  IO_BLKDISCARD, IO_BLKZEROOUT, IO_FLUSH, IO_PUNCH_HOLE, IO_READ, IO_WRITE, IO_ZERO_RANGE, StorageEngine,
+  IO_BLKDISCARD, IO_BLKZEROOUT, IO_FLUSH, IO_OP_NAMES, IO_PUNCH_HOLE, IO_READ, IO_WRITE, IO_ZERO_RANGE, StorageEngine,
 } from '../storage/engine';
+import { errnoName } from '../util/errno';
 import { Logger } from '../util/log';
 import { CHAIN_OK, Chain, SplitQueue, chainErrorNames } from '../virtq/split';
 import type { BounceAllocator, BounceArea } from './bounce';
@@ -22,8 +23,8 @@ import {
 } from './constants';
 import { BlkCacheState, BlkDisk } from './disk';
 import {
-  KIND_OTHER, M_BYTES_READ, M_BYTES_WRITTEN, M_IN_FLIGHT, M_IOERR, M_LATENCY_BUCKETS, M_LATENCY_SUM, M_REQUESTS, M_UNSUPP,
-  QUEUE_METRICS_FIELDS, kindOf, latencyBucket,
+  KIND_NAMES, KIND_OTHER, M_BYTES_READ, M_BYTES_WRITTEN, M_IN_FLIGHT, M_IOERR, M_LATENCY_BUCKETS, M_LATENCY_SUM, M_REQUESTS,
+  M_STORAGE_ERRORS, M_UNSUPP, QUEUE_METRICS_FIELDS, kindOf, latencyBucket, storageErrorSlot,
 } from './queue-metrics';
 
 const PHASE_IDLE = 0;
@@ -53,6 +54,7 @@ export interface BlkQueueOptions {
   slotBase: number;
   /** Called after used elements were pushed, so the owner can publish them. */
   onCompleted: () => void;
+  /** Carries the context of the queue's records (export, iothread, queue): request logs add only the request's fields. */
   log: Logger;
   /** Memory for bounce buffers when disk.direct (default: a memfd mapping, blk/bounce.ts). */
   allocBounce?: BounceAllocator;
@@ -66,7 +68,10 @@ export interface BlkQueueOptions {
 /** Counters for one queue; read by tests and, later, metrics. */
 export interface BlkQueueStats {
   requests: number;
+  /** Requests completed with IOERR, for any reason. */
   ioErrors: number;
+  /** Of those, the ones the backing store failed (an errno or a short transfer). */
+  storageErrors: number;
   unsupported: number;
   malformed: number;
   /** Data requests that went through a bounce buffer (cache=none, misaligned guest buffers). */
@@ -76,7 +81,7 @@ export interface BlkQueueStats {
 }
 
 export class BlkQueue {
-  readonly stats: BlkQueueStats = { requests: 0, ioErrors: 0, unsupported: 0, malformed: 0, bounced: 0, bounceWaits: 0 };
+  readonly stats: BlkQueueStats = { requests: 0, ioErrors: 0, storageErrors: 0, unsupported: 0, malformed: 0, bounced: 0, bounceWaits: 0 };
   private readonly chain = new Chain();
   private readonly header = new DataView(new ArrayBuffer(REQUEST_HEADER_SIZE));
   private readonly headerBytes = new Uint8Array(this.header.buffer);
@@ -297,7 +302,7 @@ export class BlkQueue {
       this.o.log.error('completion for a request not in flight', { head, result });
       return;
     }
-    if (result < 0) return this.ioFailed(head, 'I/O error', -result);
+    if (result < 0) return this.storageFailed(head, -result, 0, 0);
     if (phase === PHASE_SYNC) return this.complete(head, VIRTIO_BLK_S_OK, 1);
     switch (this.type[head]) {
       case VIRTIO_BLK_T_IN:
@@ -305,7 +310,7 @@ export class BlkQueue {
         if (this.bounceOf[head] >= 0) return this.bounceChunkDone(head, result);
         // The engine only stops early at end of file, which bounds checks rule out
         // unless the backing store shrank underneath us.
-        if (result !== this.dataBytes[head]) return this.ioFailed(head, 'short transfer', 0);
+        if (result !== this.dataBytes[head]) return this.storageFailed(head, 0, result, this.dataBytes[head]);
         return this.dataDone(head);
       case VIRTIO_BLK_T_DISCARD:
       case VIRTIO_BLK_T_WRITE_ZEROES:
@@ -329,8 +334,28 @@ export class BlkQueue {
     o.engine.submit(o.slotBase + head, IO_FLUSH, o.disk.fd, 0, this.iov, 0);
   }
 
-  private ioFailed(head: number, what: string, errno: number): void {
-    this.o.log.warn(what, { sector: this.sector[head], errno });
+  /**
+   * The backing store failed the current step of a request: with `errno`, or
+   * (errno 0) by moving `transferred` of `expected` bytes. The request gets
+   * IOERR; its neighbours and the queue go on. Counted by cause, and logged
+   * with the context of the queue's logger (export, iothread, queue).
+   */
+  private storageFailed(head: number, errno: number, transferred: number, expected: number): void {
+    this.metrics[M_STORAGE_ERRORS + storageErrorSlot(errno)]++;
+    const n = ++this.stats.storageErrors;
+    // A failing or full disk fails request after request: log the first few, then
+    // every power of two, so the log stays readable; `count` tells how many so far.
+    if (n <= 8 || (n & (n - 1)) === 0) {
+      const fields: Record<string, unknown> = {
+        request: KIND_NAMES[this.kind[head]], op: IO_OP_NAMES[this.op[head]], sector: this.sector[head],
+        errno: errno === 0 ? 'short' : errnoName(errno), count: n,
+      };
+      if (errno === 0) {
+        fields.expected = expected;
+        fields.transferred = transferred;
+      }
+      this.o.log.warn('I/O error', fields);
+    }
     this.complete(head, VIRTIO_BLK_S_IOERR, 1);
   }
 
@@ -465,7 +490,7 @@ export class BlkQueue {
     const n = Math.min(this.slotBytes, this.bTotal[b] - this.bDone[b]);
     this.bChunk[b] = n;
     const op = this.op[head];
-    if (op === IO_WRITE && !this.copyGuest(b, n, true)) return this.ioFailed(head, 'guest buffer no longer mapped', 0);
+    if (op === IO_WRITE && !this.copyGuest(b, n, true)) return this.fail(head, 'guest buffer no longer mapped');
     const iov = this.bounceIov;
     iov[0] = this.area!.hostAddr + this.areaBase + b * this.slotBytes;
     iov[1] = n;
@@ -475,8 +500,8 @@ export class BlkQueue {
   private bounceChunkDone(head: number, result: number): void {
     const b = this.bounceOf[head];
     const n = this.bChunk[b];
-    if (result !== n) return this.ioFailed(head, 'short transfer', 0);
-    if (this.op[head] === IO_READ && !this.copyGuest(b, n, false)) return this.ioFailed(head, 'guest buffer no longer mapped', 0);
+    if (result !== n) return this.storageFailed(head, 0, result, n);
+    if (this.op[head] === IO_READ && !this.copyGuest(b, n, false)) return this.fail(head, 'guest buffer no longer mapped');
     this.bDone[b] += n;
     if (this.bDone[b] < this.bTotal[b]) return this.bounceChunk(head, b);
     // The data sync of write-through needs no buffer: free the slot for others now.

@@ -51,6 +51,8 @@ function serve(o: ServeOptions): void {
   void runDaemon(serveConfig(o, image, listenFd), {
     // Leave nothing behind: a default image made for this run goes too.
     onStartFailure: () => { if (createdImage) fs.rmSync(image, { force: true }); },
+    // The export's socket keys are this command's --socket-* options.
+    describeError: (m) => m.replace(/\bx-vublk-socket-(mode|owner|group)\b/g, '--socket-$1'),
     announce: () => {
       if (createdImage) log.info('created sparse 1 GiB default image', { image });
       const where = listenFd !== undefined ? `inherited socket fd ${listenFd}` : path.resolve(o.socketPath);

@@ -22,6 +22,8 @@ export interface RunHooks {
   onStartFailure?: () => void;
   /** Say where we serve, once ready (stdout). */
   announce?: (d: Daemon) => string;
+  /** Word a startup error in the caller's terms (the options it was given rather than the configuration keys). */
+  describeError?: (message: string) => string;
 }
 
 export async function runDaemon(config: VublkConfig, hooks: RunHooks = {}): Promise<void> {
@@ -71,7 +73,8 @@ export async function runDaemon(config: VublkConfig, hooks: RunHooks = {}): Prom
   } catch (e) {
     await shutdown().catch(() => undefined);
     hooks.onStartFailure?.();
-    fail((e as Error).message);
+    const message = (e as Error).message;
+    fail(hooks.describeError?.(message) ?? message);
   }
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));

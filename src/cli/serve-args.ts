@@ -4,6 +4,10 @@ export interface ServeOptions {
   socketPath: string;
   /** An inherited, already listening socket (vhost-user back-end convention --fd); replaces socketPath. */
   listenFd: number | undefined;
+  /** The socket file's mode (octal string, default 0600), owner and group (names or numeric ids). */
+  socketMode: string | undefined;
+  socketOwner: string | undefined;
+  socketGroup: string | undefined;
   /** --print-capabilities: print the back-end's capabilities as JSON and exit. */
   printCapabilities: boolean;
   /** Write the server's pid here once it listens; removed at exit. */
@@ -55,8 +59,12 @@ export const DEFAULT_SERIAL = 'vublk';
 
 export class UsageError extends Error {}
 
+/** A user or group as --socket-owner/--socket-group take it: a name useradd would accept, or a numeric id. */
+const PRINCIPAL = /^[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?$/;
+
 export const SERVE_USAGE =
-  'usage: vublk serve [--socket PATH | --fd FD] [--num-queues N] [--readonly] [--logical-block-size 512|4096]\n' +
+  'usage: vublk serve [--socket PATH | --fd FD] [--socket-mode MODE] [--socket-owner USER] [--socket-group GROUP]\n' +
+  '                   [--num-queues N] [--readonly] [--logical-block-size 512|4096]\n' +
   '                   [--serial ID] [--cache none|writeback|writethrough|directsync] [--aio io_uring|threads]\n' +
   '                   [--iothreads N] [--queue-map Q:T,...] [--iothread-cpus T:CPU[+CPU...],...]\n' +
   '                   [--poll-max-ns NS] [--pidfile FILE] [--daemonize] [--log-level L] [--log-format auto|json|pretty]\n' +
@@ -81,7 +89,7 @@ function pairs(flag: string, v: string): Array<[number, number[]]> {
 
 export function parseServeArgs(argv: string[]): ServeOptions {
   const o: ServeOptions = {
-    socketPath: DEFAULT_SOCKET, listenFd: undefined, printCapabilities: false, pidfile: undefined, daemonize: false, imagePath: undefined, numQueues: DEFAULT_NUM_QUEUES, readOnly: false,
+    socketPath: DEFAULT_SOCKET, listenFd: undefined, socketMode: undefined, socketOwner: undefined, socketGroup: undefined, printCapabilities: false, pidfile: undefined, daemonize: false, imagePath: undefined, numQueues: DEFAULT_NUM_QUEUES, readOnly: false,
     logicalBlockSize: undefined, serial: DEFAULT_SERIAL, writeback: true, direct: false,
     iothreads: 1, queueMap: undefined, iothreadCpus: [], aio: 'auto', pollMaxNs: DEFAULT_POLL_MAX_NS,
     logLevel: undefined, logFormat: undefined,
@@ -114,6 +122,20 @@ export function parseServeArgs(argv: string[]): ServeOptions {
       case '--fd':
         o.listenFd = integer(flag, take(), 0, 65535);
         break;
+      case '--socket-mode': {
+        const v = take();
+        if (!/^0?[0-7]{3}$/.test(v)) throw new UsageError(`${flag}: expected an octal mode like 0660, got '${v}'`);
+        o.socketMode = v;
+        break;
+      }
+      case '--socket-owner':
+      case '--socket-group': {
+        const v = take();
+        if (!PRINCIPAL.test(v)) throw new UsageError(`${flag}: expected a ${flag === '--socket-owner' ? 'user' : 'group'} name or numeric id, got '${v}'`);
+        if (flag === '--socket-owner') o.socketOwner = v;
+        else o.socketGroup = v;
+        break;
+      }
       case '--blk-file':
         if (o.imagePath !== undefined) throw new UsageError(`${flag}: only one image may be given`);
         o.imagePath = take();
@@ -196,6 +218,11 @@ export function parseServeArgs(argv: string[]): ServeOptions {
     }
   }
   if (o.listenFd !== undefined && socketGiven) throw new UsageError('--fd: cannot be combined with --socket-path');
+  if (o.listenFd !== undefined) {
+    // An inherited socket was made by whoever passed it; its file is not ours to change.
+    const given = o.socketMode !== undefined ? '--socket-mode' : o.socketOwner !== undefined ? '--socket-owner' : o.socketGroup !== undefined ? '--socket-group' : undefined;
+    if (given !== undefined) throw new UsageError(`${given}: cannot be combined with --fd (the inherited socket is left as it is)`);
+  }
   if (queueMapArg !== undefined) {
     // Queues not named keep the round-robin default.
     const map = Array.from({ length: o.numQueues }, (_, q) => q % o.iothreads);

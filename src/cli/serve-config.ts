@@ -29,6 +29,9 @@ export function serveConfig(o: ServeOptions, imagePath: string, listenFd: number
     writable: !o.readOnly, writethrough: !o.writeback, 'num-queues': o.numQueues, 'x-vublk-serial': o.serial,
   };
   if (o.logicalBlockSize !== undefined) e['logical-block-size'] = o.logicalBlockSize;
+  if (o.socketMode !== undefined) e['x-vublk-socket-mode'] = o.socketMode;
+  if (o.socketOwner !== undefined) e['x-vublk-socket-owner'] = o.socketOwner;
+  if (o.socketGroup !== undefined) e['x-vublk-socket-group'] = o.socketGroup;
   if (o.queueMap !== undefined) {
     e['x-vublk-iothread-vq-mapping'] = ids.map((iothread, t) => ({ iothread, vqs: o.queueMap!.flatMap((owner, q) => (owner === t ? [q] : [])) }));
   } else {

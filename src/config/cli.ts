@@ -29,6 +29,7 @@ export const DAEMON_USAGE = `usage: vublk [options]   (qemu-storage-daemon compa
            [,iothread=I | iothread.0=I0,iothread.1=I1...]
            [,x-vublk-iothread-vq-mapping.0.iothread=I,x-vublk-iothread-vq-mapping.0.vqs.0=Q...]
            [,x-vublk-serial=S][,x-vublk-socket-mode=0600]
+           [,x-vublk-socket-owner=USER][,x-vublk-socket-group=GROUP]
   --chardev socket,id=C,path=P,server=on[,wait=off]  |  socket,id=C,fd=FD,server=on
   --monitor [chardev=]C[,mode=control][,pretty=on|off]
   --pidfile FILE   --daemonize

@@ -61,9 +61,11 @@ export interface ExportOptions {
   'fixed-iothread'?: boolean;
   /** vublk extension: explicit queue → iothread placement. */
   'x-vublk-iothread-vq-mapping'?: IothreadVqMapping[];
-  /** vublk extensions: serial for GET_ID, socket file mode (octal string). */
+  /** vublk extensions: serial for GET_ID; the socket file's mode (octal string), owner and group (names or numeric ids). */
   'x-vublk-serial'?: string;
   'x-vublk-socket-mode'?: string;
+  'x-vublk-socket-owner'?: string;
+  'x-vublk-socket-group'?: string;
 }
 
 /** --chardev socket: where the QMP monitor listens. */

@@ -11,6 +11,7 @@ const bool = { type: 'boolean' };
 const uint = (max: number): Schema => ({ type: 'integer', minimum: 0, maximum: max });
 /** A size in bytes: on the command line it may carry a k/M/G/T suffix (QEMU's size type). */
 const size = { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER, 'x-size': true };
+const principal = { type: 'string', minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9_.][A-Za-z0-9_.-]*\\$?$' };
 const when = (key: string, value: string, then: Schema): Schema => ({ if: { properties: { [key]: { const: value } }, required: [key] }, then });
 
 export const blockdevSchema: Schema = {
@@ -90,6 +91,9 @@ export const exportSchema: Schema = {
     },
     'x-vublk-serial': { type: 'string', maxLength: 20, pattern: '^[\\x20-\\x7e]*$' },
     'x-vublk-socket-mode': { type: 'string', pattern: '^0?[0-7]{3}$' },
+    // Names as useradd/groupadd accept them (a trailing $ for machine accounts), or numeric ids.
+    'x-vublk-socket-owner': principal,
+    'x-vublk-socket-group': principal,
   },
   required: ['type', 'id', 'node-name', 'addr'],
   additionalProperties: false,

@@ -11,7 +11,7 @@ import { AioMode } from '../iothread/messages';
 import { Endpoint } from '../transport/endpoint';
 import { Logger, log as rootLog } from '../util/log';
 import { VhostBackend } from '../vhost/backend';
-import { UnixListener } from './listener';
+import { SocketAccess, UnixListener } from './listener';
 
 export interface BlkExportOptions {
   id: string;
@@ -19,7 +19,8 @@ export interface BlkExportOptions {
   socketPath?: string;
   /** Inherited listening socket to use instead of socketPath. */
   listenFd?: number;
-  socketMode?: number;
+  /** Mode, owner and group of the socket file created at socketPath. */
+  socketAccess?: SocketAccess;
   disk: BlkDisk;
   numQueues: number;
   /** Volatile write cache offered to the guest. */
@@ -58,7 +59,9 @@ export class BlkExport {
       // Socket first: a bad path fails fast, before any thread does work. Connections
       // that arrive before the iothreads are ready wait in accept().
       exp.listen();
-      exp.plane = await DevicePlane.attach({ type: 'blk', disk: o.disk, writeback: o.writeback, aio: o.aio, metrics: exp.metrics }, o.iothreads, o.queueMap, exp.log);
+      exp.plane = await DevicePlane.attach({
+        type: 'blk', disk: o.disk, writeback: o.writeback, aio: o.aio, metrics: exp.metrics, logContext: { export: o.id },
+      }, o.iothreads, o.queueMap, exp.log);
       exp.resolveReady();
     } catch (e) {
       exp.listener?.close();
@@ -76,7 +79,7 @@ export class BlkExport {
   get id(): string { return this.o.id; }
 
   private listen(): void {
-    this.listener = new UnixListener({ path: this.o.socketPath ?? '', fd: this.o.listenFd, mode: this.o.socketMode }, (fd) => this.accept(fd));
+    this.listener = new UnixListener({ path: this.o.socketPath ?? '', fd: this.o.listenFd, access: this.o.socketAccess }, (fd) => this.accept(fd));
     this.log.info('listening', { socket: this.o.listenFd !== undefined ? `fd ${this.o.listenFd}` : this.o.socketPath, readonly: this.o.disk.readOnly, queues: this.o.numQueues });
   }
 

@@ -9,6 +9,8 @@ import { Iothread } from '../iothread/iothread';
 import { Logger, log as rootLog } from '../util/log';
 import { BlkExport } from './blk-export';
 import { BlockNode } from './block-node';
+import { SocketAccess } from './listener';
+import { exportSocketAccess } from './socket-access';
 import { ActivatedSocket } from './systemd';
 
 /** QEMU's default poll-max-ns for iothreads. */
@@ -143,6 +145,13 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     if (writable && node.readOnly) throw new DaemonError(`Block node '${node.name}' is read-only`);
     const queues = o['num-queues'] ?? 1;
     const placement = this.placement(o, queues);
+    let socketAccess: SocketAccess;
+    try {
+      // Unknown users and groups are reported before anything is started for the export.
+      socketAccess = exportSocketAccess(o);
+    } catch (e) {
+      throw new DaemonError((e as Error).message);
+    }
     if (placement.threads.length === 0) placement.threads.push(await this.mainLoopThread());
     let listenFd: number | undefined;
     let socketPath: string | undefined;
@@ -156,7 +165,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     try {
       const disk = node.diskFor({ logicalBlockSize: o['logical-block-size'], serial: o['x-vublk-serial'] ?? o.id.slice(0, 20), readOnly: !writable });
       exp = await BlkExport.open({
-        id: o.id, socketPath, listenFd, socketMode: o['x-vublk-socket-mode'] !== undefined ? parseInt(o['x-vublk-socket-mode'], 8) : undefined,
+        id: o.id, socketPath, listenFd, socketAccess,
         disk, numQueues: queues, writeback: o.writethrough !== true, aio: node.aio,
         iothreads: placement.threads, queueMap: placement.queueMap,
       });

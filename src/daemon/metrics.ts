@@ -7,7 +7,7 @@ import * as http from 'node:http';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import {
   KIND_NAMES, LATENCY_BOUNDS, M_BYTES_READ, M_BYTES_WRITTEN, M_IN_FLIGHT, M_IOERR, M_LATENCY_BUCKETS, M_LATENCY_SUM,
-  M_REQUESTS, M_UNSUPP, queueMetrics,
+  M_REQUESTS, M_STORAGE_ERRORS, M_UNSUPP, STORAGE_ERROR_SLOTS, queueMetrics, storageErrorName,
 } from '../blk/queue-metrics';
 import { CLK_TCK, parseProcStat } from '../util/proc-stats';
 import { Logger } from '../util/log';
@@ -20,6 +20,8 @@ export interface QueueStats {
   'bytes-read': number;
   'bytes-written': number;
   'io-errors': number;
+  /** The io-errors the backing store caused, by errno name ("ENOSPC"), "short" (short transfer) or "other"; only causes seen. */
+  'storage-errors': Record<string, number>;
   unsupported: number;
   'in-flight': number;
   'latency-sum-seconds': number;
@@ -62,6 +64,8 @@ export function collectStats(daemon: Daemon): DaemonStats {
     for (let q = 0; q < exp.device.maxQueues; q++) {
       const m = queueMetrics(exp.metrics, q);
       const requests = Object.fromEntries(KIND_NAMES.map((k, i) => [k, m[M_REQUESTS + i]])) as QueueStats['requests'];
+      const storageErrors: Record<string, number> = {};
+      for (let s = 0; s < STORAGE_ERROR_SLOTS; s++) if (m[M_STORAGE_ERRORS + s] > 0) storageErrors[storageErrorName(s)] = m[M_STORAGE_ERRORS + s];
       queues.push({
         queue: q,
         iothread: iothreads[q],
@@ -69,6 +73,7 @@ export function collectStats(daemon: Daemon): DaemonStats {
         'bytes-read': m[M_BYTES_READ],
         'bytes-written': m[M_BYTES_WRITTEN],
         'io-errors': m[M_IOERR],
+        'storage-errors': storageErrors,
         unsupported: m[M_UNSUPP],
         'in-flight': m[M_IN_FLIGHT],
         'latency-sum-seconds': m[M_LATENCY_SUM],
@@ -139,6 +144,15 @@ export function createRegistry(daemon: Daemon): Registry {
         this.inc({ ...ql(e, q), status: 'ioerr' }, q['io-errors']);
         this.inc({ ...ql(e, q), status: 'unsupp' }, q.unsupported);
       });
+    },
+  });
+  new Counter({
+    // Apart from vublk_request_errors_total, which it breaks down, so that summing either never counts a request twice.
+    name: 'vublk_storage_errors_total', help: 'Requests failed by the backing store (IOERR), by errno; "short": short read or write',
+    labelNames: ['export', 'queue', 'errno'], registers: [registry],
+    collect() {
+      this.reset();
+      perQueue((e, q) => { for (const [errno, n] of Object.entries(q['storage-errors'])) this.inc({ ...ql(e, q), errno }, n); });
     },
   });
   new Gauge({

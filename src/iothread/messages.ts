@@ -16,6 +16,11 @@ export interface BlkDeviceSpec {
   lanes: number;
   /** Per-queue counters shared with the control plane (blk/queue-metrics.ts). */
   metrics?: SharedArrayBuffer;
+  /**
+   * Fields every log record of this device on the iothread carries (the export's
+   * id), so a failing request's record names its export, not only the thread.
+   */
+  logContext?: Record<string, string>;
 }
 export type DeviceSpec = BlkDeviceSpec;
 

@@ -18,7 +18,8 @@ async function handle(req: IothreadRequest): Promise<string | number | undefined
   switch (req.type) {
     case 'attach': {
       if (devices.has(req.device)) throw new Error(`device ${req.device} is already attached`);
-      const device = new IothreadDevice(req.spec, log.child({ device: req.device }), undefined, init.pollMaxNs);
+      // The export id when the control plane gave it; the internal device number otherwise.
+      const device = new IothreadDevice(req.spec, log.child(req.spec.logContext ?? { device: req.device }), undefined, init.pollMaxNs);
       devices.set(req.device, device);
       return device.engineName;
     }

@@ -75,6 +75,13 @@ export interface NativeAddon {
    * does not fit sun_path fails with ENAMETOOLONG.
    */
   unixListen(path: string, backlog: number): number;
+  /**
+   * Non-blocking, close-on-exec socket bound to `path` but not listening: connect() is refused
+   * until listen(), so the socket file's mode and owner can be set first. Same errors as unixListen.
+   */
+  unixBind(path: string): number;
+  /** listen(2) on a bound socket. */
+  listen(fd: number, backlog: number): void;
   /** Connected stream socket to `path`, switched to non-blocking after connect. */
   unixConnect(path: string): number;
   /** Accepted fd (non-blocking, close-on-exec), or -1 when nothing is pending. */
@@ -165,6 +172,12 @@ export interface NativeAddon {
   ioEngineInFlight(engine: IoEngineHandle): number;
   /** Free the engine; throws EBUSY with requests in flight. Idempotent. */
   ioEngineDestroy(engine: IoEngineHandle): void;
+
+  // --- users and groups ------------------------------------------------------
+  /** uid of a user name through NSS (getpwnam_r), or -1 when there is none. */
+  userId(name: string): number;
+  /** gid of a group name through NSS (getgrnam_r), or -1 when there is none. */
+  groupId(name: string): number;
 
   // --- I/O engine (io_uring) -------------------------------------------------
   /**

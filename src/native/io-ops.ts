@@ -14,3 +14,6 @@ export const IO_ZERO_RANGE = 4;
 export const IO_BLKDISCARD = 5;
 /** ioctl(BLKZEROOUT): write zeroes on block devices. */
 export const IO_BLKZEROOUT = 6;
+
+/** Names of the operations above, by code, for log records. */
+export const IO_OP_NAMES = ['read', 'write', 'flush', 'punch_hole', 'zero_range', 'blkdiscard', 'blkzeroout'] as const;

@@ -44,11 +44,11 @@ export class QmpServer {
       fd = Number(chardev.fd);
     } else {
       try {
-        fd = listenReplacingStale(chardev.path!);
+        // Only the owner may talk to the monitor: it can add and delete exports, and quit.
+        fd = listenReplacingStale(chardev.path!, { mode: 0o600 });
       } catch (e) {
         throw new Error(`chardev '${chardev.id}': socket ${chardev.path}: ${(e as Error).message}`);
       }
-      fs.chmodSync(chardev.path!, 0o600);
     }
     await new Promise<void>((resolve, reject) => {
       qmp.server.once('error', reject);

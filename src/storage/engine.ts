@@ -2,7 +2,7 @@
 // Requests are named by slot numbers chosen by the caller; completions come
 // back through one function per engine, so nothing is allocated per request.
 export {
-  IO_BLKDISCARD, IO_BLKZEROOUT, IO_FLUSH, IO_PUNCH_HOLE, IO_READ, IO_WRITE, IO_ZERO_RANGE,
+  IO_BLKDISCARD, IO_BLKZEROOUT, IO_FLUSH, IO_OP_NAMES, IO_PUNCH_HOLE, IO_READ, IO_WRITE, IO_ZERO_RANGE,
 } from '../native/io-ops';
 
 export type CompletionHandler = (slot: number, result: number) => void;

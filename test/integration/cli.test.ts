@@ -32,6 +32,9 @@ describe('vublk command line', function () {
     [['serve', '--aio', 'posix'], /^vublk: --aio: expected io_uring or threads/],
     [['serve', '--poll-max-ns', '-1'], /^vublk: --poll-max-ns: (missing value|expected an integer)/],
     [['serve', '--socket', '/nonexistent-dir/s.sock'], /^vublk: .*ENOENT|no such file/i],
+    [['serve', '--socket-mode', '8'], /^vublk: --socket-mode: expected an octal mode like 0660, got '8'/],
+    [['serve', '--socket-owner', 'vublk-no-such-user'], /^vublk: --socket-owner: no user named 'vublk-no-such-user'/],
+    [['serve', '--socket-group', 'vublk-no-such-group'], /^vublk: --socket-group: no group named 'vublk-no-such-group'/],
   ] as Array<[string[], RegExp]>) {
     it(`rejects ${args.join(' ')} with one line and status 2, leaving nothing behind`, () => {
       const r = run(args);
@@ -76,6 +79,70 @@ describe('vublk command line', function () {
     assert.ok(fs.existsSync(sock));
     const second = await startVublkWithArgs(['serve', '--socket', 's.sock', 'disk.img'], sock, dir);
     assert.equal(await second.stop(), 0);
+  });
+});
+
+describe('vublk serve socket access', function () {
+  this.timeout(20000);
+  const NOBODY = 65534;
+  const isRoot = process.getuid?.() === 0;
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-sock-'));
+    fs.writeFileSync(path.join(dir, 'disk.img'), Buffer.alloc(1 << 20));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  const run = (args: string[], opts: { uid?: number; gid?: number } = {}) =>
+    spawnSync(process.execPath, [VUBLK_BIN, ...args], { cwd: dir, encoding: 'utf8', timeout: 15000, ...opts });
+
+  /** Status 2, one line matching `pattern`, and the directory as it was. */
+  function refuses(r: ReturnType<typeof run>, pattern: RegExp, before: string[]): void {
+    assert.equal(r.status, 2, r.stderr);
+    const lines = r.stderr.trim().split('\n');
+    assert.equal(lines.filter((l) => !l.startsWith('{')).length, 1, r.stderr);
+    assert.match(lines[lines.length - 1], pattern);
+    assert.deepEqual(fs.readdirSync(dir).sort(), before);
+  }
+
+  it('gives the socket the mode, owner and group asked for (numeric or by name)', async function () {
+    if (!isRoot) this.skip();
+    const sock = path.join(dir, 's.sock');
+    const s = await startVublkWithArgs(['serve', '--socket', 's.sock', '--socket-mode', '0660', '--socket-owner', String(NOBODY),
+      '--socket-group', String(NOBODY), 'disk.img'], sock, dir);
+    const st = fs.statSync(sock);
+    assert.deepEqual([st.mode & 0o777, st.uid, st.gid], [0o660, NOBODY, NOBODY]);
+    assert.equal(await s.stop(), 0);
+    assert.equal(fs.existsSync(sock), false);
+    const byName = await startVublkWithArgs(['serve', '--socket', 's.sock', '--socket-owner', 'nobody', 'disk.img'], sock, dir);
+    assert.deepEqual([fs.statSync(sock).mode & 0o777, fs.statSync(sock).uid, fs.statSync(sock).gid], [0o600, NOBODY, 0]);
+    assert.equal(await byName.stop(), 0);
+  });
+
+  it('refuses a socket path that is a regular file or a directory, leaving it alone', () => {
+    fs.writeFileSync(path.join(dir, 'file.sock'), 'not a socket');
+    fs.mkdirSync(path.join(dir, 'dir.sock'));
+    const before = fs.readdirSync(dir).sort();
+    refuses(run(['serve', '--socket', 'file.sock', 'disk.img']), /^vublk: socket file\.sock: exists and is not a socket$/, before);
+    assert.equal(fs.readFileSync(path.join(dir, 'file.sock'), 'utf8'), 'not a socket');
+    refuses(run(['serve', '--socket', 'dir.sock', 'disk.img']), /^vublk: socket dir\.sock: exists and is a directory, not a socket$/, before);
+  });
+
+  it('refuses a directory it may not write to, and an owner it may not give the socket to', function () {
+    // Root may write anywhere and chown anything: run as nobody to see the refusals.
+    if (!isRoot) this.skip();
+    fs.chmodSync(dir, 0o755);
+    fs.chmodSync(path.join(dir, 'disk.img'), 0o644);
+    fs.mkdirSync(path.join(dir, 'ro'), { mode: 0o755 });
+    const before = fs.readdirSync(dir).sort();
+    const asNobody = { uid: NOBODY, gid: NOBODY };
+    refuses(run(['serve', '--readonly', '--socket', 'ro/s.sock', 'disk.img'], asNobody),
+      /^vublk: socket ro\/s\.sock: bind: Permission denied \(EACCES\)$/, before);
+    fs.chmodSync(dir, 0o777);
+    refuses(run(['serve', '--readonly', '--socket', 's.sock', '--socket-owner', 'root', 'disk.img'], asNobody),
+      /^vublk: socket s\.sock: --socket-owner=root: chown: operation not permitted \(EPERM\)$/, before);
+    refuses(run(['serve', '--readonly', '--socket', 's.sock', '--socket-group', '0', 'disk.img'], asNobody),
+      /^vublk: socket s\.sock: --socket-group=0: chown: operation not permitted \(EPERM\)$/, before);
   });
 });
 

@@ -267,6 +267,50 @@ describe('qemu-storage-daemon compatible daemon and QMP monitor', function () {
     assert.equal((await fe.read(0, 0, 4096)).status, VIRTIO_BLK_S_OK);
   });
 
+  it('gives export sockets the mode, owner and group asked for, QMP 0600; replaces stale sockets, refuses live ones', async () => {
+    const NOBODY = 65534;
+    const root = process.getuid?.() === 0;
+    const access = root ? ',x-vublk-socket-mode=0660,x-vublk-socket-owner=nobody,x-vublk-socket-group=65534' : ',x-vublk-socket-mode=0660';
+    const args = (exportSock: string) => [
+      '--blockdev', 'driver=file,node-name=d,filename=a.img',
+      '--export', `type=vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path=${exportSock},writable=on${access}`,
+      '--chardev', 'socket,id=m,path=qmp.sock,server=on,wait=off', '--monitor', 'chardev=m',
+    ];
+    const first = await startVublkDaemon(args('e.sock'), ['e.sock', 'qmp.sock'], dir);
+    server = first;
+    const st = fs.statSync(path.join(dir, 'e.sock'));
+    assert.deepEqual([st.mode & 0o777, st.uid, st.gid], [0o660, root ? NOBODY : process.getuid!(), root ? NOBODY : process.getgid!()]);
+    assert.equal(fs.statSync(path.join(dir, 'qmp.sock')).mode & 0o777, 0o600);
+    assert.equal(fs.statSync(path.join(dir, 'qmp.sock')).uid, process.getuid!());
+
+    // Live sockets: a second process may take neither, and leaves nothing behind.
+    const before = fs.readdirSync(dir).sort();
+    for (const [exportSock, pattern] of [
+      ['e.sock', /^vublk: socket e\.sock: is in use by another server$/],
+      ['f.sock', /^vublk: chardev 'm': socket qmp\.sock: is in use by another server$/],
+    ] as Array<[string, RegExp]>) {
+      const r = spawnSync(process.execPath, [VUBLK_BIN, ...args(exportSock)], { cwd: dir, encoding: 'utf8' });
+      assert.equal(r.status, 2, r.stderr);
+      const lines = r.stderr.trim().split('\n');
+      assert.match(lines[lines.length - 1], pattern);
+      assert.equal(lines.filter((l) => !l.startsWith('{')).length, 1, r.stderr);
+      assert.deepEqual(fs.readdirSync(dir).sort(), before);
+    }
+
+    // A crash leaves both socket files; the next run replaces them and serves.
+    first.proc.kill('SIGKILL');
+    assert.equal(await first.stop(), 'SIGKILL');
+    server = undefined;
+    assert.ok(fs.statSync(path.join(dir, 'e.sock')).isSocket() && fs.statSync(path.join(dir, 'qmp.sock')).isSocket());
+    server = await startVublkDaemon(args('e.sock'), [], dir);
+    await waitFor('the QMP monitor', () => server!.findLogs('QMP monitor listening').length > 0, 10000);
+    qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'));
+    assert.deepEqual(((await qmp.execute('query-block-exports')) as Array<{ id: string }>).map((e) => e.id), ['e']);
+    const fe = await connect('e.sock');
+    assert.equal((await fe.read(0, 0, 4096)).status, VIRTIO_BLK_S_OK);
+    assert.equal(fs.statSync(path.join(dir, 'e.sock')).mode & 0o777, 0o660);
+  });
+
   for (const [why, args, pattern] of [
     ['an unknown key', ['--export', 'type=vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path=e.sock,colour=red'], /^vublk: --export: unknown key 'colour'$/],
     ['a missing node', ['--export', 'type=vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path=e.sock'], /^vublk: configuration: exports\[0\]\.node-name: no block node named 'd'$/],

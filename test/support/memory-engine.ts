@@ -1,5 +1,6 @@
 // A storage engine over an in-memory disk, for unit tests: completes on the
-// next macrotask, can inject errors, and records what it was asked to do.
+// next macrotask, can inject errors and short transfers, and records what it
+// was asked to do.
 import { CompletionHandler, IO_FLUSH, IO_READ, IO_WRITE, StorageEngine } from '../../src/storage/engine';
 import { FAKE_HOST_BASE } from './fake-memory';
 
@@ -24,8 +25,14 @@ export class MemoryEngine implements StorageEngine {
   readonly name = 'memory';
   readonly maxIov = 64;
   readonly calls: EngineCall[] = [];
-  /** Next results to force (e.g. -5 for EIO), consumed in order. */
+  /** Next results to force (e.g. -5 for EIO), consumed in order; 0 runs the call normally. */
   readonly injected: number[] = [];
+  /**
+   * A failing disk, asked about every call `injected` does not decide: -errno fails
+   * the call and touches nothing; n >= 0 on a read or write moves only its first n
+   * bytes and reports n (a short transfer); undefined runs the call normally.
+   */
+  fault: ((call: EngineCall) => number | undefined) | undefined;
   alignment: number;
   /** Most requests ever in flight at once. */
   maxPending = 0;
@@ -68,18 +75,25 @@ export class MemoryEngine implements StorageEngine {
         }
       }
     }
-    this.calls.push({ slot, op, offset, bytes, iov: pairs });
+    const call: EngineCall = { slot, op, offset, bytes, iov: pairs };
+    this.calls.push(call);
     let result = this.injected.length > 0 ? this.injected.shift()! : 0;
-    if (result === 0 && op !== IO_FLUSH) {
+    const fault = result === 0 ? this.fault?.(call) : undefined;
+    if (fault !== undefined && fault < 0) {
+      result = fault;
+    } else if (result === 0 && op !== IO_FLUSH) {
+      // Up to the fault's byte count, if it cut the transfer short.
+      let left = fault === undefined ? bytes : Math.min(fault, bytes);
+      result = left;
       let pos = offset;
-      for (let i = 0; i < iovCount; i++) {
-        const n = iov[2 * i + 1];
+      for (let i = 0; i < iovCount && left > 0; i++) {
+        const n = Math.min(iov[2 * i + 1], left);
         const buf = this.resolve(iov[2 * i], n);
         if (op === IO_READ) buf.set(this.disk.subarray(pos, pos + n));
         else if (op === IO_WRITE) this.disk.set(buf, pos);
         pos += n;
+        left -= n;
       }
-      result = bytes;
     }
     this.complete(slot, result);
   }
@@ -95,8 +109,10 @@ export class MemoryEngine implements StorageEngine {
 
   /** Every range operation zeroes the range, as a hole or written zeroes would read back. */
   submitRange(slot: number, op: number, _fd: number, offset: number, length: number): void {
-    this.calls.push({ slot, op, offset, bytes: length, iov: [] });
-    const result = this.injected.length > 0 ? this.injected.shift()! : 0;
+    const call: EngineCall = { slot, op, offset, bytes: length, iov: [] };
+    this.calls.push(call);
+    let result = this.injected.length > 0 ? this.injected.shift()! : 0;
+    if (result === 0) result = this.fault?.(call) ?? 0;
     if (result === 0) this.disk.fill(0, offset, offset + length);
     this.complete(slot, result);
   }

@@ -1,7 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { BounceArea } from '../../src/blk/bounce';
-import { BlkQueue } from '../../src/blk/request';
-import { BlkCacheState, BlkDisk } from '../../src/blk/disk';
+import { BlkDisk } from '../../src/blk/disk';
 import { DWZ_SEG_MAX, blkFeatures, encodeBlkConfig } from '../../src/blk/config';
 import {
   CFG, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
@@ -11,106 +9,12 @@ import {
 import {
   IO_BLKDISCARD, IO_BLKZEROOUT, IO_FLUSH, IO_PUNCH_HOLE, IO_READ, IO_WRITE, IO_ZERO_RANGE,
 } from '../../src/storage/engine';
-import { LOG_LEVEL_VALUES, Logger, setLogSink } from '../../src/util/log';
-import { SplitQueue, VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE } from '../../src/virtq/split';
-import { FAKE_HOST_BASE, fakeGuest, makeAvailable, writeDesc } from '../support/fake-memory';
+import { LOG_LEVEL_VALUES, setLogSink } from '../../src/util/log';
+import {
+  BOUNCE_HOST, DATA, DISK_BYTES, DISK_SECTORS, HDR, Part, SEGS, STATUS, Seg, direct, dwz, harness, req, writeSegs,
+} from '../support/blk-harness';
+import { FAKE_HOST_BASE } from '../support/fake-memory';
 import { findLogs, parseLogRecords } from '../support/logs';
-import { MemoryEngine } from '../support/memory-engine';
-
-const SIZE = 16;
-const DESC = 0x1000, AVAIL = 0x2000, USED = 0x3000;
-const HDR = 0x10000, DATA = 0x20000, STATUS = 0x30000;
-const DISK_BYTES = 1 << 20;
-/** Fake host address of the bounce area the test allocator hands out (page-aligned, apart from guest memory). */
-const BOUNCE_HOST = 0x7e0000000000;
-
-interface Part { addr: number; len: number; write?: boolean }
-
-interface HarnessExtra {
-  /** Engine acts like an O_DIRECT fd: throws on misaligned offsets, addresses, lengths. */
-  engineAlignment?: number;
-  bounceSlots?: number;
-  bounceSlotBytes?: number;
-  /** Split guest memory into two regions at this offset. */
-  splitAt?: number;
-}
-
-function harness(diskOpts: Partial<BlkDisk> = {}, cache: BlkCacheState = { writeback: true }, extra: HarnessExtra = {}) {
-  const g = fakeGuest(1 << 20, 0, extra.splitAt);
-  const diskBytes = new Uint8Array(DISK_BYTES);
-  const queue = new SplitQueue(g.mem, { size: SIZE, descAddr: DESC, availAddr: AVAIL, usedAddr: USED }, 0, { eventIdx: false, indirect: true });
-  let completions = 0;
-  const disk: BlkDisk = {
-    fd: 99, kind: 'file', sizeBytes: DISK_BYTES, readOnly: false, logicalBlockSize: 512, physicalBlockSize: 512,
-    minIoSize: 0, optIoSize: 0, direct: false, directAlignment: 512, discard: true, writeZeroes: true,
-    serial: 'test-serial', ...diskOpts,
-  };
-  let blk!: BlkQueue;
-  const engine = new MemoryEngine(diskBytes, g.bytes, (slot, result) => blk.ioComplete(slot, result), { alignment: extra.engineAlignment });
-  const bounce = { bytes: new Uint8Array(0), allocations: 0, freed: 0 };
-  const allocBounce = (size: number): BounceArea => {
-    bounce.allocations++;
-    bounce.bytes = new Uint8Array(size);
-    engine.addHostArea(BOUNCE_HOST, bounce.bytes);
-    return { hostAddr: BOUNCE_HOST, bytes: bounce.bytes, free: () => { bounce.freed++; } };
-  };
-  blk = new BlkQueue({
-    queue, mem: g.mem, disk, cache, engine, slotBase: 0, onCompleted: () => completions++, log: new Logger(),
-    allocBounce, bounceSlots: extra.bounceSlots, bounceSlotBytes: extra.bounceSlotBytes,
-  });
-
-  /** Where the status byte of a chain is: the last byte of its last device-writable buffer. */
-  const statusOf = (parts: Part[]): number => {
-    const w = parts.filter((p) => p.write && p.len > 0);
-    return w.length > 0 ? w[w.length - 1].addr + w[w.length - 1].len - 1 : STATUS;
-  };
-
-  /** Submit several chains in one batch (heads must leave room for their descriptors) and wait until all are used. */
-  async function runBatch(reqs: Array<{ head: number; parts: Part[] }>): Promise<Array<{ status: number; usedLen: number }>> {
-    for (const { head, parts } of reqs) {
-      parts.forEach((p, i) => writeDesc(g.view, DESC, head + i, p.addr, p.len, (p.write ? WRITE : 0) | (i < parts.length - 1 ? NEXT : 0), head + i + 1));
-    }
-    // Status bytes start as 0xff so a test sees whether one was written.
-    for (const { parts } of reqs) g.bytes[statusOf(parts)] = 0xff;
-    makeAvailable(g.view, AVAIL, SIZE, reqs.map((r) => r.head));
-    const before = queue.usedIdx;
-    for (let head = queue.pop(); head >= 0; head = queue.pop()) blk.handle(head);
-    blk.endBatch();
-    const want = (before + reqs.length) & 0xffff;
-    for (let i = 0; i < 200 && queue.usedIdx !== want; i++) await new Promise((r) => setImmediate(r));
-    assert.equal(queue.usedIdx, want, 'requests were never completed');
-    queue.publish();
-    const used = new Map<number, number>();
-    for (let k = 0; k < reqs.length; k++) {
-      const slot = (before + k) & (SIZE - 1);
-      used.set(g.view.getUint32(USED + 4 + 8 * slot, true), g.view.getUint32(USED + 8 + 8 * slot, true));
-    }
-    return reqs.map(({ head, parts }) => {
-      assert.ok(used.has(head), `head ${head} was not used`);
-      return { status: g.bytes[statusOf(parts)], usedLen: used.get(head)! };
-    });
-  }
-
-  /** Submit one chain made of `parts` as head 0 and wait until it is used. */
-  async function run(parts: Part[], head = 0): Promise<{ status: number; usedLen: number }> {
-    return (await runBatch([{ head, parts }]))[0];
-  }
-
-  function header(type: number, sector: number, at = HDR): void {
-    g.view.setUint32(at, type, true);
-    g.view.setUint32(at + 4, 0, true);
-    g.view.setUint32(at + 8, sector % 2 ** 32, true);
-    g.view.setUint32(at + 12, Math.floor(sector / 2 ** 32), true);
-    g.bytes[STATUS] = 0xff;
-  }
-  return { g, disk, diskBytes, engine, blk, queue, run, runBatch, header, bounce, completions: () => completions };
-}
-
-const req = (dataLen: number, dataWritable: boolean): Part[] => [
-  { addr: HDR, len: 16 },
-  { addr: DATA, len: dataLen, write: dataWritable },
-  { addr: STATUS, len: 1, write: true },
-];
 
 describe('virtio-blk requests', () => {
   let restore: (l: string) => void;
@@ -240,7 +144,7 @@ describe('virtio-blk requests', () => {
     h.engine.injected.push(-5);
     h.header(VIRTIO_BLK_T_IN, 0);
     assert.equal((await h.run(req(512, true))).status, VIRTIO_BLK_S_IOERR);
-    assert.equal(findLogs(parseLogRecords(lines), 'I/O error', { errno: 5, sector: 0 }).length, 1, lines.join('\n'));
+    assert.equal(findLogs(parseLogRecords(lines), 'I/O error', { errno: 'EIO', sector: 0 }).length, 1, lines.join('\n'));
     h.header(VIRTIO_BLK_T_IN, 0);
     assert.equal((await h.run(req(512, true))).status, VIRTIO_BLK_S_OK);
   });
@@ -254,29 +158,6 @@ describe('virtio-blk requests', () => {
 });
 
 // --- DISCARD and WRITE_ZEROES -------------------------------------------------------
-
-/** Segments (struct virtio_blk_discard_write_zeroes) go here unless a test places them. */
-const SEGS = 0x11000;
-const DISK_SECTORS = DISK_BYTES / 512;
-type Seg = [sector: number, numSectors: number, flags?: number];
-
-function writeSegs(view: DataView, segs: Seg[], at = SEGS): number {
-  segs.forEach(([sector, num, flags = 0], i) => {
-    const o = at + 16 * i;
-    view.setUint32(o, sector % 2 ** 32, true);
-    view.setUint32(o + 4, Math.floor(sector / 2 ** 32), true);
-    view.setUint32(o + 8, num, true);
-    view.setUint32(o + 12, flags, true);
-  });
-  return 16 * segs.length;
-}
-
-/** A discard / write-zeroes chain: header, segments, status. */
-const dwz = (segLen: number): Part[] => [
-  { addr: HDR, len: 16 },
-  { addr: SEGS, len: segLen },
-  { addr: STATUS, len: 1, write: true },
-];
 
 const has = (features: bigint, bit: number): boolean => ((features >> BigInt(bit)) & 1n) === 1n;
 
@@ -491,7 +372,7 @@ describe('virtio-blk DISCARD and WRITE_ZEROES', () => {
     assert.equal((await h.run(dwz(writeSegs(h.g.view, [[0, 8], [16, 8]])))).status, VIRTIO_BLK_S_IOERR);
     assert.equal(h.engine.calls.length, 1);
     assert.ok(h.diskBytes.subarray(8192, 12288).every((b) => b === 0xaa), 'second segment untouched');
-    assert.equal(findLogs(parseLogRecords(lines), 'I/O error', { errno: 95 }).length, 1, lines.join('\n'));
+    assert.equal(findLogs(parseLogRecords(lines), 'I/O error', { errno: 'EOPNOTSUPP', op: 'zero_range', request: 'write_zeroes' }).length, 1, lines.join('\n'));
     // The slot is usable again.
     h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
     assert.equal((await h.run(dwz(writeSegs(h.g.view, [[0, 8], [16, 8]])))).status, VIRTIO_BLK_S_OK);
@@ -519,8 +400,6 @@ describe('virtio-blk DISCARD and WRITE_ZEROES', () => {
 });
 
 // --- cache=none bounce buffers ---------------------------------------------------------
-
-const direct = (align: number, lbs = align): Partial<BlkDisk> => ({ direct: true, directAlignment: align, logicalBlockSize: lbs });
 
 /** Recognisable disk contents. */
 const fillPattern = (bytes: Uint8Array, seed: number): void => {

@@ -72,6 +72,12 @@ describe('qemu-storage-daemon command line', () => {
     assert.deepEqual(c.exports[1]['x-vublk-iothread-vq-mapping'], [{ iothread: 'io0', vqs: [1] }, { iothread: 'io1', vqs: [0] }]);
   });
 
+  it('takes the socket mode, owner and group of an export (names or numeric ids)', () => {
+    const c = parse(['--blockdev', 'file,node-name=d,filename=x', '--export',
+      'vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path=s,x-vublk-socket-mode=0660,x-vublk-socket-owner=qemu,x-vublk-socket-group=107']);
+    assert.deepEqual([c.exports[0]['x-vublk-socket-mode'], c.exports[0]['x-vublk-socket-owner'], c.exports[0]['x-vublk-socket-group']], ['0660', 'qemu', '107']);
+  });
+
   it('accepts the legacy chardev flags "server" and "nowait"', () => {
     const c = parse(['--chardev', 'socket,id=m,path=m.sock,server,nowait', '--monitor', 'm']);
     assert.deepEqual(c.chardevs[0], { backend: 'socket', id: 'm', path: 'm.sock', server: true, wait: false });
@@ -92,6 +98,8 @@ describe('qemu-storage-daemon command line', () => {
     [['--blockdev', '{"driver":"file",'], /^--blockdev: Invalid JSON option/],
     [['--object', 'secret,id=s,data=x'], /^--object: object type 'secret' is not supported by vublk \(only iothread\)$/],
     [['--object', 'iothread,id=io0,poll-max-ns=-1'], /^--object: key 'poll-max-ns': expected an integer, got '-1'$/],
+    [['--export', 'type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=s,x-vublk-socket-owner=a:b'], /^--export: key 'x-vublk-socket-owner': must match pattern/],
+    [['--export', 'type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=s,x-vublk-socket-group='], /^--export: key 'x-vublk-socket-group': must NOT have fewer than 1 characters$/],
     [['--nbd-server', 'addr.type=unix,addr.path=n.sock'], /^--nbd-server: not supported by vublk/],
     [['--bogus'], /^--bogus: unknown option$/],
     [['--blockdev'], /^--blockdev: missing argument$/],

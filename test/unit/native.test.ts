@@ -215,6 +215,22 @@ describe('native addon', () => {
         assert.equal(buf.subarray(0, 4).toString(), 'ping');
       });
 
+      it('binds without listening: connections are refused until listen()', () => {
+        const sock = path.join(dir, 'b.sock');
+        const fd = track(native.unixBind(sock));
+        assert.ok(fdFlags(fd) & O_NONBLOCK);
+        assert.ok(fdFlags(fd) & O_CLOEXEC);
+        assert.ok(fs.statSync(sock).isSocket());
+        assertErrno(() => native.unixConnect(sock), 'ECONNREFUSED', 'connect');
+        assertErrno(() => native.unixBind(sock), 'EADDRINUSE', 'bind');
+        native.listen(fd, 4);
+        const cfd = track(native.unixConnect(sock));
+        assert.ok(track(native.accept(fd)) >= 0);
+        assert.ok(cfd >= 0);
+        assertErrno(() => native.listen(-1, 1), 'EBADF', 'listen');
+        assertErrno(() => native.unixBind(path.join(dir, 'no', 'such.sock')), 'ENOENT', 'bind');
+      });
+
       it('reports ENOENT, ECONNREFUSED and ENAMETOOLONG', () => {
         assertErrno(() => native.unixConnect(path.join(dir, 'missing')), 'ENOENT', 'connect');
         const stale = path.join(dir, 'stale.sock');
@@ -224,6 +240,15 @@ describe('native addon', () => {
         assertErrno(() => native.unixListen(long, 1), 'ENAMETOOLONG');
         assertErrno(() => native.unixConnect(long), 'ENAMETOOLONG');
         assert.throws(() => native.unixListen(`${dir}/a\0b`, 1), TypeError);
+      });
+
+      it('looks up users and groups by name through NSS, -1 when there is none', () => {
+        assert.equal(native.userId('root'), 0);
+        assert.equal(native.groupId('root'), 0);
+        assert.equal(native.userId('vublk-no-such-user'), -1);
+        assert.equal(native.groupId('vublk-no-such-group'), -1);
+        assert.equal(native.userId(''), -1);
+        assert.throws(() => native.userId('a\0b'), TypeError);
       });
 
       it('closes every received fd and throws ECTRUNC when more than 32 fds arrive', function () {
