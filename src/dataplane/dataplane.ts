@@ -1,8 +1,10 @@
 // The queues of one device running on the current thread. The control plane
 // tells it which rings to start and stop; it never sees vhost-user messages.
 // (Iothread workers will run one of these each.)
-import { GuestMemory } from '../memory/guest-memory';
+import { GuestMemory, RegionWindow } from '../memory/guest-memory';
+import { detachWindows, makeWindows } from '../memory/mapping';
 import { Logger } from '../util/log';
+import { SplitInflight, inflightQueueBytes } from '../virtq/inflight';
 import { SplitQueue, checkRingLayout } from '../virtq/split';
 import { QueueRunner, RequestHandler } from './queue-runner';
 
@@ -21,6 +23,15 @@ export interface RingConfig {
   enabled: boolean;
   eventIdx: boolean;
   indirect: boolean;
+  /** This queue's part of the front-end's in-flight region (INFLIGHT_SHMFD), when it set one. */
+  inflight?: InflightQueueRegion;
+}
+
+/** Where one queue's QueueRegionSplit is mapped in this process (the control plane owns the mapping). */
+export interface InflightQueueRegion {
+  hostAddr: number;
+  /** Descriptors the region was laid out for (VhostUserInflight.queue_size); at least the ring's size. */
+  queueSize: number;
 }
 
 export interface QueueContext {
@@ -42,6 +53,8 @@ export type QueueHandlerFactory = (ctx: QueueContext) => QueueHandler;
 interface Running {
   runner: QueueRunner;
   handler: QueueHandler;
+  /** Views of the in-flight region, detached when the ring stops (the control plane may unmap it then). */
+  inflightWindows?: RegionWindow[];
 }
 
 export class DataPlane {
@@ -58,16 +71,39 @@ export class DataPlane {
     const layout = { size: cfg.size, descAddr: cfg.descAddr, availAddr: cfg.availAddr, usedAddr: cfg.usedAddr };
     const why = checkRingLayout(this.mem, layout);
     if (why !== undefined) return `queue ${cfg.index}: ${why}`;
+    if (cfg.inflight !== undefined && cfg.size > cfg.inflight.queueSize) {
+      return `queue ${cfg.index}: size ${cfg.size} exceeds the ${cfg.inflight.queueSize} descriptors of its in-flight region`;
+    }
     const queue = new SplitQueue(this.mem, layout, cfg.base, { eventIdx: cfg.eventIdx, indirect: cfg.indirect });
     const log = this.log.child({ queue: cfg.index });
     const runner = new QueueRunner(cfg.index, queue, cfg.kickFd, cfg.callFd, cfg.errFd, log, this.pollMaxNs);
     const handler = this.makeHandler({ index: cfg.index, queue, mem: this.mem, onCompleted: () => runner.completed(), log });
+    // Before the runner starts: recovery decides where the ring resumes.
+    const inflightWindows = cfg.inflight === undefined ? undefined : this.trackInflight(queue, cfg, log);
     runner.attach(handler);
     runner.setEnabled(cfg.enabled);
-    this.running.set(cfg.index, { runner, handler });
+    this.running.set(cfg.index, { runner, handler, inflightWindows });
     runner.start();
-    log.debug('queue started', { size: cfg.size, base: cfg.base });
+    log.debug('queue started', { size: cfg.size, base: cfg.base, lastAvail: queue.lastAvail, inflight: cfg.inflight !== undefined });
     return undefined;
+  }
+
+  /** Attach the queue's in-flight region: recover what a previous process left in flight, then track. */
+  private trackInflight(queue: SplitQueue, cfg: RingConfig, log: Logger): RegionWindow[] {
+    const region = cfg.inflight!;
+    const windows = makeWindows(region.hostAddr, inflightQueueBytes(region.queueSize));
+    const r = queue.trackInflight(new SplitInflight(windows[0].buffer, 0, region.queueSize));
+    if (r.discarded !== undefined) {
+      // Requests the previous process had in flight (if any) are lost to the guest; say so loudly.
+      log.error('in-flight region unusable; starting it afresh', { reason: r.discarded, base: cfg.base });
+    } else if (r.heads.length > 0 || r.fixedUp > 0) {
+      log.info('resubmitting requests left in flight', {
+        resubmit: r.heads.length, fixedUp: r.fixedUp, base: cfg.base, usedIdx: queue.usedIdx, lastAvail: queue.lastAvail,
+      });
+    } else if (!r.initialised && cfg.base !== queue.lastAvail) {
+      log.info('in-flight region moves the ring start', { base: cfg.base, lastAvail: queue.lastAvail });
+    }
+    return windows;
   }
 
   /** Stop a ring after its in-flight requests completed; resolves to the next avail index (undefined if not running). */
@@ -77,6 +113,7 @@ export class DataPlane {
     const next = await r.runner.stop();
     this.running.delete(index);
     r.handler.close();
+    if (r.inflightWindows !== undefined) detachWindows(r.inflightWindows);
     this.log.debug('queue stopped', { queue: index, next });
     return next;
   }

@@ -3,7 +3,7 @@
 // getId build request chains in our own guest RAM and resolve with the status
 // byte the device wrote.
 import {
-  ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+  InflightPayload, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC, bit, hasBit,
 } from '../../protocol';
 import { native } from '../native/addon';
@@ -29,6 +29,8 @@ export const FRONTEND_PROTOCOL_FEATURES = bit(ProtocolFeature.MQ) | bit(Protocol
   bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) | bit(ProtocolFeature.RESET_DEVICE) |
   bit(ProtocolFeature.STATUS);
 
+const BASE_STATUS = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+
 export interface BlkConnectOptions {
   socketPath: string;
   numQueues: number;
@@ -47,6 +49,14 @@ export interface BlkConnectOptions {
    */
   backendChannel?: boolean;
   onConfigChange?: (config: BlkConfig) => void;
+  /**
+   * Negotiate INFLIGHT_SHMFD and set up an in-flight region as QEMU's
+   * vhost-user-blk does (GET_INFLIGHT_FD, then SET_INFLIGHT_FD before the rings
+   * start); reconnect() hands it to the next back-end.
+   */
+  inflight?: boolean;
+  /** Keep requests outstanding when the back-end hangs up, for reconnect(), as a guest behind QEMU's reconnect=1 waits. */
+  survivesDisconnect?: boolean;
 }
 
 export interface BlkStatusResult {
@@ -74,39 +84,74 @@ export const UNTOUCHED = 0xa5;
 /** Pre-fill of the status byte: not a status value a device may write. */
 export const STATUS_UNSET = 0xff;
 
+/** The in-flight region a front-end keeps across back-end restarts (GET_INFLIGHT_FD's answer and memfd). */
+export interface InflightRegion {
+  area: InflightPayload;
+  fd: number;
+}
+
+/** What negotiation settled, for one connection. */
+interface Negotiated {
+  offered: bigint;
+  features: bigint;
+  proto: bigint;
+  maxQueues: number;
+  config: BlkConfig | undefined;
+}
+
 export class BlkFrontend {
   private stopped = false;
   private disconnected = false;
+  private currentClient: VhostUserClient;
+  private inflightRegion: InflightRegion | undefined;
 
   private constructor(
-    readonly client: VhostUserClient,
+    client: VhostUserClient,
+    private readonly o: BlkConnectOptions,
     readonly ram: GuestRam,
     readonly queues: RequestQueue[],
-    readonly offeredFeatures: bigint,
-    readonly negotiatedFeatures: bigint,
-    readonly protocolFeatures: bigint,
-    /** GET_QUEUE_NUM (1 without MQ). */
-    readonly maxQueues: number,
-    private blkConfig: BlkConfig | undefined,
+    private n: Negotiated,
+    inflight: InflightRegion | undefined,
   ) {
-    // A back-end that hangs up leaves requests that will never complete: fail them loudly.
-    void client.closed.then((reason) => {
-      const err = new Error(`vhost-user connection closed (${reason}); request abandoned`);
-      for (const q of this.queues) q.fail(err);
-    });
+    this.currentClient = client;
+    this.inflightRegion = inflight;
+    this.watchClient(client);
   }
+
+  /** The current control connection (a new one after reconnect()). */
+  get client(): VhostUserClient { return this.currentClient; }
+  get offeredFeatures(): bigint { return this.n.offered; }
+  get negotiatedFeatures(): bigint { return this.n.features; }
+  get protocolFeatures(): bigint { return this.n.proto; }
+  /** GET_QUEUE_NUM (1 without MQ). */
+  get maxQueues(): number { return this.n.maxQueues; }
+  /** The in-flight region, when one was set up (`inflight` option and a back-end that offers it). */
+  get inflight(): InflightRegion | undefined { return this.inflightRegion; }
 
   /** The device's config space as read at connect or after the last config change (needs the CONFIG protocol feature). */
   get config(): BlkConfig {
-    if (this.blkConfig === undefined) throw new Error('config space unavailable: CONFIG protocol feature not negotiated');
-    return this.blkConfig;
+    if (this.n.config === undefined) throw new Error('config space unavailable: CONFIG protocol feature not negotiated');
+    return this.n.config;
   }
 
   /** GET_CONFIG again, as QEMU does on CONFIG_CHANGE_MSG; `config` then shows the result. */
   async refreshConfig(): Promise<BlkConfig> {
     const config = decodeBlkConfig(await this.client.getConfig(0, BLK_CONFIG_SIZE));
-    this.blkConfig = config;
+    this.n.config = config;
     return config;
+  }
+
+  /**
+   * A back-end that hangs up leaves requests that will never complete: fail them
+   * loudly, unless the driver waits for a reconnect (survivesDisconnect), as a
+   * guest behind QEMU's reconnect=1 does.
+   */
+  private watchClient(client: VhostUserClient): void {
+    void client.closed.then((reason) => {
+      if (client !== this.currentClient || this.o.survivesDisconnect === true) return;
+      const err = new Error(`vhost-user connection closed (${reason}); request abandoned`);
+      for (const q of this.queues) q.fail(err);
+    });
   }
 
   /** The QEMU-like setup sequence, up to enabled rings. */
@@ -116,42 +161,16 @@ export class BlkFrontend {
     // Config changes can only be acted on once the driver exists; one arriving during
     // setup is acked as is, since setup reads config space after it anyway.
     let fe: BlkFrontend | undefined;
-    const onConfigChange = async (): Promise<void> => {
-      if (fe === undefined || fe.blkConfig === undefined) return;
-      const config = await fe.refreshConfig();
-      o.onConfigChange?.(config);
-    };
     let ram: GuestRam | undefined;
     const fds: number[] = [];
     const queues: RequestQueue[] = [];
+    let inflight: InflightRegion | undefined;
     try {
-      const offered = await client.getFeatures();
-      let proto = 0n;
-      if (hasBit(offered, VHOST_USER_F_PROTOCOL_FEATURES)) {
-        const wanted = (o.protocolFeatures ?? FRONTEND_PROTOCOL_FEATURES) | (o.backendChannel === true ? bit(ProtocolFeature.BACKEND_REQ) : 0n);
-        proto = (await client.getProtocolFeatures()) & wanted;
-        await client.setProtocolFeatures(proto);
-      }
-      const maxQueues = hasBit(proto, ProtocolFeature.MQ) ? await client.getQueueNum() : 1;
-      if (!(o.numQueues >= 1 && o.numQueues <= maxQueues)) throw new Error(`${o.numQueues} queues wanted, the back-end has ${maxQueues}`);
-      const memSlots = hasBit(proto, ProtocolFeature.CONFIGURE_MEM_SLOTS);
-      if (memSlots && (await client.getMaxMemSlots()) < 1) throw new Error('the back-end offers no memory slots');
-      if (o.backendChannel === true && !hasBit(proto, ProtocolFeature.BACKEND_REQ)) throw new Error('the back-end does not offer BACKEND_REQ');
-      // QEMU's vhost_user_backend_init() ends with the channel, before SET_OWNER.
-      if (hasBit(proto, ProtocolFeature.BACKEND_REQ)) await client.setBackendReqFd({ configChange: onConfigChange });
-      await client.setOwner();
-      const config = hasBit(proto, ProtocolFeature.CONFIG) ? decodeBlkConfig(await client.getConfig(0, BLK_CONFIG_SIZE)) : undefined;
-      const features = offered & (o.features ?? DRIVER_FEATURES);
-      await client.setFeatures(features);
-      const hasStatus = hasBit(proto, ProtocolFeature.STATUS);
-      const baseStatus = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
-      if (hasStatus) await client.setStatus(baseStatus);
-
+      const n = await BlkFrontend.negotiate(client, o, () => fe);
       ram = GuestRam.create(o.memoryBytes ?? 64 << 20);
-      if (memSlots) await client.addMemReg(ram.region(), ram.fd);
-      else await client.setMemTable([ram.region()], [ram.fd]);
-
-      const eventIdx = hasBit(features, VIRTIO_RING_F_EVENT_IDX);
+      await BlkFrontend.sendMemory(client, n, ram);
+      inflight = await BlkFrontend.setInflight(client, o, n, undefined, queueSize);
+      const eventIdx = hasBit(n.features, VIRTIO_RING_F_EVENT_IDX);
       for (let i = 0; i < o.numQueues; i++) {
         const kickFd = native.eventfd(0);
         fds.push(kickFd);
@@ -165,27 +184,125 @@ export class BlkFrontend {
         ring.clearRings();
         const q: RequestQueue = new RequestQueue(i, ring, ram, kickFd, callFd);
         queues.push(q);
-        await client.setVringNum(i, queueSize);
-        await client.setVringBase(i, 0);
-        await client.setVringAddr(i, {
-          descUserAddr: ram.userAddr(layout.descAddr), availUserAddr: ram.userAddr(layout.availAddr),
-          usedUserAddr: ram.userAddr(layout.usedAddr),
-        });
-        await client.setVringCall(i, callFd);
-        q.start();
-        await client.setVringKick(i, kickFd);
-        if (hasBit(features, VHOST_USER_F_PROTOCOL_FEATURES)) await client.setVringEnable(i, true);
+        await BlkFrontend.startRing(client, n, q, 0, () => q.start());
       }
-      if (hasStatus) await client.setStatus(baseStatus | VIRTIO_CONFIG_S_DRIVER_OK);
-      fe = new BlkFrontend(client, ram, queues, offered, features, proto, maxQueues, config);
+      await BlkFrontend.driverOk(client, n);
+      fe = new BlkFrontend(client, o, ram, queues, n, inflight);
       return fe;
     } catch (e) {
       client.close();
       for (const q of queues) q.close(new Error('connect failed'));
       for (const fd of fds) native.close(fd);
+      if (inflight !== undefined && inflight.fd >= 0) native.close(inflight.fd);
       ram?.close();
       throw e;
     }
+  }
+
+  /**
+   * Connect again after the back-end went away (crashed, or restarted), as QEMU
+   * does with reconnect=1: the same guest RAM, rings, eventfds and in-flight
+   * region, each ring resumed at the index QEMU 7.2 sends then: the used ring's
+   * idx (GET_VRING_BASE could not be asked). Requests outstanding stay
+   * outstanding; the back-end completes them from the in-flight region.
+   */
+  async reconnect(socketPath = this.o.socketPath): Promise<void> {
+    if (this.disconnected) throw new Error('front-end disconnected');
+    this.currentClient.close();
+    await this.currentClient.closed;
+    const client = await VhostUserClient.connect(socketPath, { timeoutMs: this.o.timeoutMs });
+    try {
+      const n = await BlkFrontend.negotiate(client, this.o, () => this);
+      if (n.features !== this.n.features) throw new Error(`features changed across the reconnect: 0x${n.features.toString(16)}, were 0x${this.n.features.toString(16)}`);
+      await BlkFrontend.sendMemory(client, n, this.ram);
+      this.inflightRegion = await BlkFrontend.setInflight(client, this.o, n, this.inflightRegion, this.queues[0]?.ring.size ?? 128);
+      for (const q of this.queues) await BlkFrontend.startRing(client, n, q, q.ring.deviceUsedIdx);
+      await BlkFrontend.driverOk(client, n);
+      this.n = n;
+    } catch (e) {
+      client.close();
+      throw e;
+    }
+    this.currentClient = client;
+    this.watchClient(client);
+  }
+
+  /** Features, protocol features, queue count, back-end channel, owner, config: vhost_dev_init() and the device's realize. */
+  private static async negotiate(client: VhostUserClient, o: BlkConnectOptions, driver: () => BlkFrontend | undefined): Promise<Negotiated> {
+    const onConfigChange = async (): Promise<void> => {
+      const fe = driver();
+      if (fe === undefined || fe.n.config === undefined) return;
+      const config = await fe.refreshConfig();
+      o.onConfigChange?.(config);
+    };
+    const offered = await client.getFeatures();
+    let proto = 0n;
+    if (hasBit(offered, VHOST_USER_F_PROTOCOL_FEATURES)) {
+      const wanted = (o.protocolFeatures ?? FRONTEND_PROTOCOL_FEATURES) | (o.backendChannel === true ? bit(ProtocolFeature.BACKEND_REQ) : 0n) |
+        (o.inflight === true ? bit(ProtocolFeature.INFLIGHT_SHMFD) : 0n);
+      proto = (await client.getProtocolFeatures()) & wanted;
+      await client.setProtocolFeatures(proto);
+    }
+    const maxQueues = hasBit(proto, ProtocolFeature.MQ) ? await client.getQueueNum() : 1;
+    if (!(o.numQueues >= 1 && o.numQueues <= maxQueues)) throw new Error(`${o.numQueues} queues wanted, the back-end has ${maxQueues}`);
+    const memSlots = hasBit(proto, ProtocolFeature.CONFIGURE_MEM_SLOTS);
+    if (memSlots && (await client.getMaxMemSlots()) < 1) throw new Error('the back-end offers no memory slots');
+    if (o.backendChannel === true && !hasBit(proto, ProtocolFeature.BACKEND_REQ)) throw new Error('the back-end does not offer BACKEND_REQ');
+    // QEMU's vhost_user_backend_init() ends with the channel, before SET_OWNER.
+    if (hasBit(proto, ProtocolFeature.BACKEND_REQ)) await client.setBackendReqFd({ configChange: onConfigChange });
+    await client.setOwner();
+    const config = hasBit(proto, ProtocolFeature.CONFIG) ? decodeBlkConfig(await client.getConfig(0, BLK_CONFIG_SIZE)) : undefined;
+    const features = offered & (o.features ?? DRIVER_FEATURES);
+    await client.setFeatures(features);
+    if (hasBit(proto, ProtocolFeature.STATUS)) await client.setStatus(BASE_STATUS);
+    return { offered, features, proto, maxQueues, config };
+  }
+
+  private static async sendMemory(client: VhostUserClient, n: Negotiated, ram: GuestRam): Promise<void> {
+    if (hasBit(n.proto, ProtocolFeature.CONFIGURE_MEM_SLOTS)) await client.addMemReg(ram.region(), ram.fd);
+    else await client.setMemTable([ram.region()], [ram.fd]);
+  }
+
+  /**
+   * vhost-user-blk's start: GET_INFLIGHT_FD the first time (QEMU keeps the region
+   * until the guest resets the device), then SET_INFLIGHT_FD, before any ring
+   * starts. QEMU sends SET without NEED_REPLY, so a refusal shows as a hang-up.
+   */
+  private static async setInflight(client: VhostUserClient, o: BlkConnectOptions, n: Negotiated, kept: InflightRegion | undefined,
+                                   queueSize: number): Promise<InflightRegion | undefined> {
+    if (o.inflight !== true || !hasBit(n.proto, ProtocolFeature.INFLIGHT_SHMFD)) return kept;
+    let region = kept;
+    if (region === undefined) {
+      const got = await client.getInflightFd(o.numQueues, queueSize);
+      if (got.area.mmapSize === 0) {
+        // "No region": QEMU goes on without one (and ignores a stray fd).
+        if (got.fd >= 0) native.close(got.fd);
+        return undefined;
+      }
+      region = got;
+    }
+    await client.setInflightFd(region.area, region.fd, { needReply: false });
+    return region;
+  }
+
+  /** vhost_virtqueue_start(): size, base, addresses, call, kick, enable. */
+  private static async startRing(client: VhostUserClient, n: Negotiated, q: RequestQueue, base: number, beforeKick?: () => void): Promise<void> {
+    const i = q.index;
+    const ring = q.ring;
+    await client.setVringNum(i, ring.size);
+    await client.setVringBase(i, base);
+    await client.setVringAddr(i, {
+      descUserAddr: q.ram.userAddr(ring.layout.descAddr), availUserAddr: q.ram.userAddr(ring.layout.availAddr),
+      usedUserAddr: q.ram.userAddr(ring.layout.usedAddr),
+    });
+    await client.setVringCall(i, q.callFd);
+    beforeKick?.();
+    await client.setVringKick(i, q.kickFd);
+    if (hasBit(n.features, VHOST_USER_F_PROTOCOL_FEATURES)) await client.setVringEnable(i, true);
+  }
+
+  private static async driverOk(client: VhostUserClient, n: Negotiated): Promise<void> {
+    if (hasBit(n.proto, ProtocolFeature.STATUS)) await client.setStatus(BASE_STATUS | VIRTIO_CONFIG_S_DRIVER_OK);
   }
 
   queue(index: number): RequestQueue {
@@ -268,6 +385,8 @@ export class BlkFrontend {
       native.close(q.kickFd);
       native.close(q.callFd);
     }
+    if (this.inflightRegion !== undefined && this.inflightRegion.fd >= 0) native.close(this.inflightRegion.fd);
+    this.inflightRegion = undefined;
     this.ram.close();
   }
 }

@@ -3,7 +3,7 @@
 // failure — a refusal, a malformed reply, a hang-up — rejects the pending call
 // with a VhostUserError, so tests can assert on how the back-end reacted.
 import {
-  FrontendRequest as R, MemoryRegion, Message, NEED_REPLY_FLAG, Payload, ProtocolError, ProtocolFeature, RawMessage,
+  FrontendRequest as R, InflightPayload, MemoryRegion, Message, NEED_REPLY_FLAG, Payload, ProtocolError, ProtocolFeature, RawMessage,
   VringAddrPayload, decodeReply, encodeMessage, frontendRequestName, hasBit,
 } from '../../protocol';
 import { native } from '../native/addon';
@@ -32,6 +32,8 @@ export interface RequestOptions {
   needReply?: boolean;
   /** Hand `fds` over: the client closes them once they are sent (or cannot be any more). */
   transferFds?: boolean;
+  /** Keep the fds of the reply (in the returned message) instead of closing them; the caller owns them. */
+  keepReplyFds?: boolean;
 }
 
 export interface ClientOptions {
@@ -136,8 +138,11 @@ export class VhostUserClient {
         this.endpoint.close('malformed reply');
         throw new VhostUserError(`bad reply to ${frontendRequestName(request)}: ${msg.message}`, 'protocol', request);
       }
-      // No reply we handle carries fds; do not leak any a back-end sends.
-      for (const fd of msg.fds) native.close(fd);
+      // Unless asked for, a reply's fds are not wanted; do not leak any a back-end sends.
+      if (options.keepReplyFds !== true) {
+        for (const fd of msg.fds) native.close(fd);
+        msg.fds = [];
+      }
       if (expect === 'ack') {
         const value = msg.payload.kind === 'u64' ? msg.payload.value : -1n;
         if (value !== 0n) {
@@ -269,6 +274,22 @@ export class VhostUserClient {
     if (this.isClosed) server.close('vhost-user connection closed');
   }
   async getStatus(): Promise<number> { return Number(await this.u64Reply(R.GET_STATUS)); }
+
+  /**
+   * GET_INFLIGHT_FD as QEMU sends it: resolves to the back-end's answer and its
+   * memfd (-1 when the back-end answered mmap_size 0, i.e. no region). The caller owns the fd.
+   */
+  async getInflightFd(numQueues: number, queueSize: number): Promise<{ area: InflightPayload; fd: number }> {
+    const msg = await this.request(R.GET_INFLIGHT_FD, { kind: 'inflight', mmapSize: 0, mmapOffset: 0, numQueues, queueSize },
+      'reply', { keepReplyFds: true });
+    const m = msg as Message;
+    return { area: m.payload as InflightPayload, fd: m.fds[0] ?? -1 };
+  }
+
+  /** SET_INFLIGHT_FD with the region kept from GET_INFLIGHT_FD (of this or an earlier back-end); the caller keeps `fd`. */
+  async setInflightFd(area: InflightPayload, fd: number, o?: RequestOptions): Promise<void> {
+    await this.request(R.SET_INFLIGHT_FD, area, 'none', { ...o, fds: [fd] });
+  }
 
   // ---- plumbing -------------------------------------------------------------------
 

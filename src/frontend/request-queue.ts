@@ -49,7 +49,7 @@ export class RequestQueue {
   readonly unknownUsed: UsedElement[] = [];
   completed = 0;
 
-  constructor(readonly index: number, readonly ring: DriverQueue, private readonly ram: GuestRam,
+  constructor(readonly index: number, readonly ring: DriverQueue, readonly ram: GuestRam,
               public kickFd: number, readonly callFd: number) {}
 
   /** Ask for interrupts and start reaping on the call eventfd. */

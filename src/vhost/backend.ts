@@ -3,7 +3,7 @@
 // device-independent; the device model supplies features, config space and
 // per-queue request handlers, and a DataPlane runs the started rings.
 import {
-  BackendRequest as B, FrontendRequest as R, Message, NEED_REPLY_FLAG, Payload, ProtocolError, ProtocolFeature, RawMessage,
+  BackendRequest as B, FrontendRequest as R, InflightPayload, Message, NEED_REPLY_FLAG, Payload, ProtocolError, ProtocolFeature, RawMessage,
   REPLY_FLAG, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC, MemoryRegion, bit, decodeFrontendMessage, encodeMessage, frontendRequestName, hasBit,
 } from '../../protocol';
@@ -18,6 +18,7 @@ import { Logger } from '../util/log';
 import { MAX_QUEUE_SIZE } from '../virtq/split';
 import { BackendChannel, BackendRequestError, DEFAULT_BACKEND_REPLY_TIMEOUT_MS } from './backend-channel';
 import { VhostDeviceModel } from './device';
+import { InflightArea, InflightAreaError } from './inflight-area';
 import { VringState } from './vring';
 
 const PAGE_SIZE = 4096;
@@ -47,7 +48,7 @@ export const TRANSPORT_FEATURES = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_IN
 
 export const PROTOCOL_FEATURES = bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) |
   bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) | bit(ProtocolFeature.RESET_DEVICE) |
-  bit(ProtocolFeature.STATUS) | bit(ProtocolFeature.BACKEND_REQ);
+  bit(ProtocolFeature.STATUS) | bit(ProtocolFeature.BACKEND_REQ) | bit(ProtocolFeature.INFLIGHT_SHMFD);
 
 export interface VhostBackendOptions {
   /** How long a back-end channel request waits for the front-end's REPLY_ACK (default 5 s; 0 waits forever). */
@@ -73,6 +74,12 @@ function refuse(message: string): never {
 
 const NO_REPLY = undefined;
 
+/** A reply that carries fds (GET_INFLIGHT_FD); the back-end keeps them open, the peer gets duplicates. */
+interface ReplyWithFds {
+  payload: Payload;
+  fds: number[];
+}
+
 export class VhostBackend {
   private readonly mem = new GuestMemory();
   private readonly mapped: MappedRegion[] = [];
@@ -91,6 +98,8 @@ export class VhostBackend {
   /** Why the last back-end channel closed, for the error of a later request. */
   private backendChannelClosed: string | undefined;
   private readonly backendReplyTimeoutMs: number;
+  /** The in-flight region (GET/SET_INFLIGHT_FD); rings started while it is set track their requests in it. */
+  private inflight: InflightArea | undefined;
 
   constructor(private readonly endpoint: Endpoint, private readonly device: VhostDeviceModel,
               private readonly dataPlane: DataPlaneControl, private readonly log: Logger, options: VhostBackendOptions = {}) {
@@ -121,7 +130,7 @@ export class VhostBackend {
     }
     const name = frontendRequestName(msg.request);
     this.log.debug('request', { request: name });
-    let reply: Payload | undefined;
+    let reply: Payload | ReplyWithFds | undefined;
     let failure: string | undefined;
     try {
       reply = await this.handle(msg);
@@ -130,7 +139,8 @@ export class VhostBackend {
       failure = (e as Error).message;
     }
     if (reply !== undefined) {
-      this.endpoint.send(encodeMessage(msg.request, REPLY_FLAG, reply));
+      if ('fds' in reply) this.endpoint.send(encodeMessage(msg.request, REPLY_FLAG, reply.payload), reply.fds);
+      else this.endpoint.send(encodeMessage(msg.request, REPLY_FLAG, reply));
       return;
     }
     const ackWanted = (msg.flags & NEED_REPLY_FLAG) !== 0 && hasBit(this.protocolFeatures, ProtocolFeature.REPLY_ACK);
@@ -158,7 +168,7 @@ export class VhostBackend {
   }
 
   /** Handle one message; returns the reply payload for requests that have one. */
-  private async handle(msg: Message): Promise<Payload | undefined> {
+  private async handle(msg: Message): Promise<Payload | ReplyWithFds | undefined> {
     const p = msg.payload;
     if (!this.owned && !BEFORE_OWNER.has(msg.request)) {
       for (const fd of msg.fds) native.close(fd);
@@ -282,6 +292,11 @@ export class VhostBackend {
       case R.SET_BACKEND_REQ_FD:
         this.setBackendReqFd(msg.fds[0]);
         return NO_REPLY;
+      case R.GET_INFLIGHT_FD:
+        return this.getInflightFd(p as InflightPayload);
+      case R.SET_INFLIGHT_FD:
+        this.setInflightFd(p as InflightPayload, msg.fds[0]);
+        return NO_REPLY;
       default:
         for (const fd of msg.fds) native.close(fd);
         refuse(`${frontendRequestName(msg.request)} is not supported`);
@@ -309,6 +324,64 @@ export class VhostBackend {
     });
     this.backendChannel = channel;
     this.backendChannelClosed = undefined;
+  }
+
+  /** Why the in-flight region cannot be replaced now; undefined when it can. */
+  private inflightBlocked(): string | undefined {
+    if (!hasBit(this.protocolFeatures, ProtocolFeature.INFLIGHT_SHMFD)) return 'the INFLIGHT_SHMFD protocol feature was not negotiated';
+    // Running rings have the current region mapped on their iothreads; QEMU only sends these with every ring stopped.
+    const running = this.vrings.filter((v) => v.started).map((v) => v.index);
+    if (running.length > 0) return `queues ${running.join(',')} are running`;
+    return undefined;
+  }
+
+  /**
+   * GET_INFLIGHT_FD: a fresh, zeroed region for the front-end to keep. A failure
+   * is answered as libvhost-user does, with mmap_size 0 (QEMU then runs
+   * without in-flight tracking), and logged.
+   */
+  private getInflightFd(req: InflightPayload): Payload | ReplyWithFds {
+    const blocked = this.inflightBlocked();
+    let area: InflightArea | undefined;
+    let why = blocked;
+    if (blocked === undefined) {
+      try {
+        area = InflightArea.create(req.numQueues, req.queueSize, this.vrings.length);
+      } catch (e) {
+        if (!(e instanceof InflightAreaError)) throw e;
+        why = e.message;
+      }
+    }
+    if (area === undefined) {
+      this.log.error('cannot provide an in-flight region; the front-end goes without', { reason: why, numQueues: req.numQueues, queueSize: req.queueSize });
+      return { kind: 'inflight', mmapSize: 0, mmapOffset: 0, numQueues: req.numQueues, queueSize: req.queueSize };
+    }
+    this.replaceInflight(area);
+    this.log.debug('in-flight region created', { numQueues: area.numQueues, queueSize: area.queueSize, bytes: area.mmapSize });
+    return { payload: area.payload(), fds: [area.fd] };
+  }
+
+  /** SET_INFLIGHT_FD: adopt the region the front-end kept (after a reconnect it holds the previous process's requests). */
+  private setInflightFd(p: InflightPayload, fd: number): void {
+    const blocked = this.inflightBlocked();
+    if (blocked !== undefined) {
+      native.close(fd);
+      refuse(`in-flight region refused: ${blocked}`);
+    }
+    let area: InflightArea;
+    try {
+      area = InflightArea.adopt(fd, p, this.vrings.length);
+    } catch (e) {
+      if (!(e instanceof InflightAreaError)) throw e;
+      refuse(`in-flight region refused: ${e.message}`);
+    }
+    this.replaceInflight(area);
+    this.log.debug('in-flight region set', { numQueues: area.numQueues, queueSize: area.queueSize, mmapSize: p.mmapSize, mmapOffset: p.mmapOffset });
+  }
+
+  private replaceInflight(area: InflightArea | undefined): void {
+    this.inflight?.close();
+    this.inflight = area;
   }
 
   /**
@@ -387,10 +460,19 @@ export class VhostBackend {
     if (vr.size === 0 || !vr.addressed) refuse(`queue ${k.index}: kick before size and addresses`);
     // Without protocol features a ring is enabled when it starts; with them it waits for SET_VRING_ENABLE.
     if (!hasBit(this.features, VHOST_USER_F_PROTOCOL_FEATURES)) vr.enabled = true;
+    const inflight = this.inflight?.queueRegion(vr.index);
+    if (this.inflight !== undefined) {
+      if (inflight === undefined) {
+        this.log.warn('queue beyond the in-flight region runs untracked', { queue: vr.index, regionQueues: this.inflight.numQueues });
+      } else if (vr.size > inflight.queueSize) {
+        refuse(`queue ${k.index}: size ${vr.size} exceeds the ${inflight.queueSize} descriptors of the in-flight region`);
+      }
+    }
     const why = await this.dataPlane.startRing({
       index: vr.index, size: vr.size, descAddr: vr.descAddr, availAddr: vr.availAddr, usedAddr: vr.usedAddr,
       base: vr.base, kickFd: vr.kickFd, callFd: vr.callFd, errFd: vr.errFd, enabled: vr.enabled,
       eventIdx: hasBit(this.features, VIRTIO_RING_F_EVENT_IDX), indirect: hasBit(this.features, VIRTIO_RING_F_INDIRECT_DESC),
+      ...(inflight === undefined ? {} : { inflight }),
     });
     if (why !== undefined) refuse(why);
     vr.started = true;
@@ -515,6 +597,8 @@ export class VhostBackend {
     }
     this.features = 0n;
     this.status = 0;
+    // Its state describes rings that no longer exist; QEMU gets a new one before the next start.
+    this.replaceInflight(undefined);
     this.device.reset();
     this.dataPlane.setDeviceState(this.device.state());
   }
@@ -533,6 +617,8 @@ export class VhostBackend {
     const dropped = this.mem.clear();
     this.mapped.length = 0;
     await this.publishMemory(dropped).catch((e: Error) => this.log.error('releasing guest memory failed', { error: e }));
+    // The rings are stopped: no iothread holds a view of the region any more.
+    this.replaceInflight(undefined);
     this.owned = false;
   }
 

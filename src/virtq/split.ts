@@ -4,8 +4,10 @@
 // them at any moment, so every index and address read from them is treated as
 // hostile: heads are range-checked, chains are bounded, buffers are checked
 // against the memory table. Nothing here allocates per request: chain walks fill
-// the preallocated arrays of a Chain.
+// the preallocated arrays of a Chain. With an in-flight region (inflight.ts) every
+// head taken is marked there, so a new process can take over after a crash.
 import { GuestMemory } from '../memory/guest-memory';
+import { InflightRecovery, SplitInflight } from './inflight';
 
 export const VRING_DESC_F_NEXT = 1;
 export const VRING_DESC_F_WRITE = 2;
@@ -105,6 +107,13 @@ export class SplitQueue {
   /** The guest broke the ring's rules; it stays stopped until reset. */
   broken = false;
   brokenReason = '';
+  /** The front-end's in-flight region for this queue (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD), if any. */
+  private inflight: SplitInflight | undefined;
+  /** Heads found in flight at start, oldest first; pop() hands them out before any new one. */
+  private resubmit: Uint16Array = new Uint16Array(0);
+  private resubmitNext = 0;
+  /** Used index as of the last commit to the in-flight region. */
+  private committedUsed = 0;
 
   constructor(private readonly mem: GuestMemory, readonly layout: SplitRingLayout, baseIdx: number,
               features: { eventIdx: boolean; indirect: boolean }) {
@@ -151,9 +160,39 @@ export class SplitQueue {
     this.brokenReason = reason;
   }
 
+  /**
+   * Track requests in the front-end's in-flight region, recovering what a
+   * previous process left there; call once, before the first pop(). The heads
+   * still in flight are handed out again by pop() first, in the order they were
+   * first taken, and the available ring resumes after every entry taken before:
+   * each avail entry taken was either returned (counted in used.idx) or is still
+   * in flight, so last_avail = used.idx + in flight (libvhost-user does the same).
+   * That index replaces SET_VRING_BASE's, which after a crash is QEMU's guess
+   * (7.2 sends the used index, as GET_VRING_BASE could not be asked); it agrees
+   * with it after a clean stop, when nothing is in flight.
+   */
+  trackInflight(region: SplitInflight): InflightRecovery {
+    if (this.inflight !== undefined) throw new Error('in-flight tracking is already set up');
+    if (region.descNum < this.size) throw new RangeError(`in-flight region has ${region.descNum} descriptors, queue ${this.size}`);
+    const r = region.recover(this.usedIdx, this.size);
+    this.inflight = region;
+    this.committedUsed = this.usedIdx;
+    if (!r.initialised) {
+      this.resubmit = r.heads;
+      this.resubmitNext = 0;
+      this.lastAvail = (this.usedIdx + r.heads.length) & 0xffff;
+      this.shadowAvail = this.lastAvail;
+    }
+    return r;
+  }
+
+  /** Heads recovered from the in-flight region and not handed out yet. */
+  get pendingResubmits(): number { return this.resubmit.length - this.resubmitNext; }
+
   /** Whether the guest has made buffers available that we have not taken. */
   hasAvailable(): boolean {
     if (this.broken) return false;
+    if (this.resubmitNext < this.resubmit.length) return true;
     if (this.lastAvail !== this.shadowAvail) return true;
     this.shadowAvail = Atomics.load(this.avail, 1);
     return this.lastAvail !== this.shadowAvail;
@@ -161,6 +200,7 @@ export class SplitQueue {
 
   /** Take the next available head, or -1 if none (or the ring is broken). */
   pop(): number {
+    if (this.resubmitNext < this.resubmit.length) return this.popResubmit();
     if (!this.hasAvailable()) return -1;
     if (((this.shadowAvail - this.lastAvail) & 0xffff) > this.size) {
       this.markBroken(`available index jumped from ${this.lastAvail} to ${this.shadowAvail} (queue size ${this.size})`);
@@ -178,7 +218,22 @@ export class SplitQueue {
       return -1;
     }
     this.headInFlight[head] = 1;
+    // Marked before the caller starts the request, and before last_avail moves
+    // on: from here a crash resubmits the head instead of losing it.
+    if (this.inflight !== undefined) this.inflight.mark(head);
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    this.inFlight++;
+    return head;
+  }
+
+  /**
+   * The next recovered head. It keeps its mark and counter: if we die again
+   * before it completes, it is still in flight and still older than new heads.
+   */
+  private popResubmit(): number {
+    if (this.broken) return -1;
+    const head = this.resubmit[this.resubmitNext++];
+    this.headInFlight[head] = 1;
     this.inFlight++;
     return head;
   }
@@ -267,6 +322,8 @@ export class SplitQueue {
     this.used32[i] = head;
     this.used32[i + 1] = writtenLen;
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    // Into the batch the next publish() commits; until then the head stays marked.
+    if (this.inflight !== undefined) this.inflight.link(head);
   }
 
   /** Make pushed elements visible and say whether the guest wants an interrupt for them. */
@@ -276,6 +333,11 @@ export class SplitQueue {
     // following load of used_event/flags cannot move above it (virtio 2.7.7.2).
     Atomics.store(this.used16, 1, this.usedIdx);
     const newIdx = this.usedIdx;
+    // Only now, with the guest able to see the batch, may its marks go.
+    if (this.inflight !== undefined && newIdx !== this.committedUsed) {
+      this.inflight.commit((newIdx - this.committedUsed) & 0xffff, newIdx);
+      this.committedUsed = newIdx;
+    }
     const oldIdx = this.signalledUsed;
     if (newIdx === oldIdx) return false;
     this.signalledUsed = newIdx;

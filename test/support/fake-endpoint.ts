@@ -7,9 +7,14 @@ import { MessageReader, Payload, RawMessage, encodeMessage } from '../../protoco
 /** Records what the back-end sends instead of writing to a socket. */
 export class FakeEndpoint {
   sent: Uint8Array[] = [];
+  /** The fds sent with each message (the sender keeps them open). */
+  sentFds: number[][] = [];
   closedReason: string | undefined;
   get closed(): boolean { return this.closedReason !== undefined; }
-  send(bytes: Uint8Array): void { this.sent.push(bytes); }
+  send(bytes: Uint8Array, fds: number[] | null = null): void {
+    this.sent.push(bytes);
+    this.sentFds.push(fds ?? []);
+  }
   close(reason = 'closed'): void { this.closedReason ??= reason; }
 }
 

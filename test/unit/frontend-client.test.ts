@@ -67,6 +67,30 @@ describe('frontend VhostUserClient', () => {
     assert.equal(backend.received[0].flags, 1, 'version 1, no REPLY/NEED_REPLY');
   });
 
+  it('GET_INFLIGHT_FD keeps the memfd of the reply for the caller; SET_INFLIGHT_FD sends it back', async () => {
+    const memfd = native.memfdCreate('inflight');
+    fs.ftruncateSync(memfd, 2112);
+    backend.answer = (m) => {
+      if (m.request !== R.GET_INFLIGHT_FD) return;
+      const p = m.payload as { numQueues: number; queueSize: number };
+      backend.endpoint.send(encodeMessage(m.request, REPLY_FLAG,
+        { kind: 'inflight', mmapSize: 2112, mmapOffset: 0, numQueues: p.numQueues, queueSize: p.queueSize }), [memfd]);
+    };
+    const got = await client.getInflightFd(1, 128);
+    assert.deepEqual(backend.received[0].payload, { kind: 'inflight', mmapSize: 0, mmapOffset: 0, numQueues: 1, queueSize: 128 });
+    assert.deepEqual(got.area, { kind: 'inflight', mmapSize: 2112, mmapOffset: 0, numQueues: 1, queueSize: 128 });
+    assert.ok(got.fd >= 0 && got.fd !== memfd, 'a fd of our own');
+    assert.equal(fs.fstatSync(got.fd).size, 2112, 'the same memfd');
+    await client.setInflightFd(got.area, got.fd);
+    await backend.waitFor(2);
+    const set = backend.received[1];
+    assert.equal(set.request, R.SET_INFLIGHT_FD);
+    assert.deepEqual(set.payload, got.area);
+    assert.equal(set.fds.length, 1);
+    assert.equal(fs.fstatSync(got.fd).size, 2112, 'still ours after sending');
+    for (const fd of [memfd, got.fd, ...set.fds]) native.close(fd);
+  });
+
   it('rejects a reply to another request as a protocol error and hangs up', async () => {
     backend.answer = () => backend.reply(R.GET_QUEUE_NUM, { kind: 'u64', value: 1n });
     await assert.rejects(client.getFeatures(), isError('protocol', /GET_FEATURES/));

@@ -11,6 +11,8 @@ import {
   decodeBackendAck,
   encodeBackendRequest,
   encodeReplyAck,
+  encodeMessage,
+  REPLY_FLAG,
   BackendRequest as B,
   ProtocolFeature,
   MessageReader,
@@ -235,6 +237,54 @@ describe('protocol: front-end requests as QEMU 7.2 sends them', () => {
     const m = ok(front('2a000000 01000000 08000000 01000000 00000000', [95]));
     assert.deepEqual(m.payload, { kind: 'deviceState', direction: 1, phase: 0 });
     assert.deepEqual(ok(front('2b000000 01000000 00000000')).payload, { kind: 'none' });
+  });
+});
+
+describe('protocol: in-flight region messages (GET/SET_INFLIGHT_FD)', () => {
+  const body = (size: string, offset: string, queues: string, qsize: string) => `${size} ${offset} ${queues} ${qsize} 00000000`;
+  const reply = (bytes: string, fds: number[] = []) => decodeReply(F.GET_INFLIGHT_FD, toRaw(hex(bytes), fds));
+
+  it('QEMU 7.2 GET_INFLIGHT_FD for 2 queues of 256: zero size and offset, no fd', () => {
+    const m = ok(front(`1f000000 01000000 18000000 ${body('0000000000000000', '0000000000000000', '0200', '0001')}`));
+    assert.deepEqual(m.payload, { kind: 'inflight', mmapSize: 0, mmapOffset: 0, numQueues: 2, queueSize: 256 });
+    assert.deepEqual(m.fds, []);
+  });
+
+  it('SET_INFLIGHT_FD keeps 16-bit counts and u64 sizes whole', () => {
+    const m = ok(front(`20000000 01000000 18000000 ${body('0041000000000000', '0010000000000000', 'ffff', '0004')}`, [7]));
+    assert.deepEqual(m.payload, { kind: 'inflight', mmapSize: 0x4100, mmapOffset: 0x1000, numQueues: 0xffff, queueSize: 1024 });
+    assert.deepEqual(m.fds, [7]);
+  });
+
+  it('refuses the unpadded 20-byte struct and other sizes, returning the fds', () => {
+    const short = '0021000000000000 0000000000000000 0100 8000';
+    err(front(`1f000000 01000000 14000000 ${short}`), 'bad-size');
+    err(front(`20000000 01000000 14000000 ${short}`, [8]), 'bad-size', [8]);
+    err(front(`20000000 01000000 1c000000 ${short} 00000000 00000000`, [8]), 'bad-size', [8]);
+    err(front('1f000000 01000000 00000000'), 'bad-size');
+  });
+
+  it('refuses fds on GET_INFLIGHT_FD and anything but one fd on SET_INFLIGHT_FD', () => {
+    const b = body('0021000000000000', '0000000000000000', '0100', '8000');
+    err(front(`1f000000 01000000 18000000 ${b}`, [9]), 'bad-fd-count', [9]);
+    err(front(`20000000 01000000 18000000 ${b}`, [9, 10]), 'bad-fd-count', [9, 10]);
+  });
+
+  it('refuses sizes and offsets that are not exact Numbers', () => {
+    err(front(`20000000 01000000 18000000 ${body('0000000000002000', '0000000000000000', '0100', '8000')}`, [11]), 'out-of-range', [11]);
+    err(front(`20000000 01000000 18000000 ${body('0021000000000000', 'ffffffffffffffff', '0100', '8000')}`, [11]), 'out-of-range', [11]);
+  });
+
+  it('the reply: payload plus exactly one fd, bytes as the back-end encodes them', () => {
+    const bytes = encodeMessage(F.GET_INFLIGHT_FD, REPLY_FLAG, { kind: 'inflight', mmapSize: 0x2100, mmapOffset: 0, numQueues: 4, queueSize: 128 });
+    assert.equal(Buffer.from(bytes).toString('hex'), '1f00000005000000180000000021000000000000000000000000000004008000' + '00000000');
+    const b = body('0021000000000000', '0000000000000000', '0400', '8000');
+    assert.deepEqual(ok(reply(`1f000000 05000000 18000000 ${b}`, [12])).payload,
+      { kind: 'inflight', mmapSize: 0x2100, mmapOffset: 0, numQueues: 4, queueSize: 128 });
+    err(reply(`1f000000 05000000 18000000 ${b}`, [12, 13]), 'bad-fd-count', [12, 13]);
+    err(reply(`1f000000 05000000 10000000 0021000000000000 0000000000000000`, [12]), 'bad-size', [12]);
+    // mmap_size 0 means "no region"; QEMU ignores a stray fd then, and so do we (the caller closes it).
+    assert.deepEqual(ok(reply(`1f000000 05000000 18000000 ${body('0000000000000000', '0000000000000000', '0400', '8000')}`, [14])).fds, [14]);
   });
 });
 

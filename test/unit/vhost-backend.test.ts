@@ -47,7 +47,7 @@ describe('vhost-user back-end state machine', () => {
     if (ep.sent.length === before) return undefined;
     const bytes = ep.sent[ep.sent.length - 1];
     const reader = new MessageReader();
-    let r = reader.feed(bytes.subarray(0, 12));
+    let r = reader.feed(bytes.subarray(0, 12), ep.sentFds[ep.sentFds.length - 1]);
     if (r.type === 'more' && bytes.length > 12) r = reader.feed(bytes.subarray(12));
     const m = decodeReply(request, (r as { raw: RawMessage }).raw);
     assert.ok(!(m instanceof ProtocolError), `bad reply: ${(m as Error).message}`);
@@ -67,7 +67,7 @@ describe('vhost-user back-end state machine', () => {
     assert.ok(f & bit(12), 'MQ');
     const pf = valueOf(await send(R.GET_PROTOCOL_FEATURES, { kind: 'none' }));
     assert.equal(pf, PROTOCOL_FEATURES);
-    for (const b of ['MQ', 'REPLY_ACK', 'CONFIG', 'CONFIGURE_MEM_SLOTS', 'RESET_DEVICE', 'STATUS', 'BACKEND_REQ'] as const) {
+    for (const b of ['MQ', 'REPLY_ACK', 'CONFIG', 'CONFIGURE_MEM_SLOTS', 'RESET_DEVICE', 'STATUS', 'BACKEND_REQ', 'INFLIGHT_SHMFD'] as const) {
       assert.ok(pf & bit(ProtocolFeature[b]), b);
     }
     assert.equal(valueOf(await send(R.GET_QUEUE_NUM, { kind: 'none' })), 2n);
@@ -165,5 +165,89 @@ describe('vhost-user back-end state machine', () => {
     assert.equal(valueOf(await send(R.GET_STATUS, { kind: 'none' })), 0x0fn);
     assert.equal(valueOf(await send(R.SET_VRING_ENDIAN, { kind: 'vringState', index: 0, num: 0 }, [], NEED_REPLY_FLAG)), 1n);
     assert.ok(findLogs(parseLogRecords(lines), 'request refused', { request: 'SET_VRING_ENDIAN', reason: /not supported/ }).length > 0, lines.join('\n'));
+  });
+  describe('in-flight region (GET/SET_INFLIGHT_FD)', () => {
+    const inflight = (numQueues: number, queueSize: number, mmapSize = 0, mmapOffset = 0): Payload =>
+      ({ kind: 'inflight', mmapSize, mmapOffset, numQueues, queueSize });
+    const memfd = (size: number): number => { const fd = native.memfdCreate('t'); fs.ftruncateSync(fd, size); return fd; };
+    const refusals = () => findLogs(parseLogRecords(lines), 'request refused', { request: 'SET_INFLIGHT_FD' });
+
+    async function negotiate(): Promise<void> {
+      await send(R.SET_PROTOCOL_FEATURES, u64(bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.INFLIGHT_SHMFD)));
+    }
+
+    it('GET_INFLIGHT_FD answers with a zeroed memfd sized as libvhost-user sizes it, headers naming the queue size', async () => {
+      await negotiate();
+      const m = await send(R.GET_INFLIGHT_FD, inflight(2, 128));
+      assert.deepEqual(m!.payload, inflight(2, 128, 4224, 0));
+      assert.equal(m!.fds.length, 1);
+      const fd = m!.fds[0];
+      assert.equal(fs.fstatSync(fd).size, 4224);
+      const bytes = Buffer.alloc(4224);
+      fs.readSync(fd, bytes, 0, 4224, 0);
+      for (const q of [0, 1]) {
+        assert.equal(bytes.readUInt16LE(q * 2112 + 8), 0, 'version 0: blank until the ring starts');
+        assert.equal(bytes.readUInt16LE(q * 2112 + 10), 128, 'desc_num');
+        bytes.writeUInt16LE(0, q * 2112 + 10);
+      }
+      assert.ok(bytes.every((b) => b === 0), 'zero-filled');
+    });
+
+    it('GET_INFLIGHT_FD that cannot be served answers mmap_size 0 without an fd, and says why', async () => {
+      let m = await send(R.GET_INFLIGHT_FD, inflight(1, 128));
+      assert.deepEqual(m!.payload, inflight(1, 128), 'not negotiated');
+      assert.deepEqual(m!.fds, []);
+      await negotiate();
+      for (const [q, s] of [[3, 128], [0, 128], [1, 100], [1, 2048]]) {
+        m = await send(R.GET_INFLIGHT_FD, inflight(q, s));
+        assert.equal((m!.payload as { mmapSize: number }).mmapSize, 0, `${q} queues of ${s}`);
+      }
+      const logged = findLogs(parseLogRecords(lines), /^cannot provide an in-flight region/);
+      assert.equal(logged.length, 5, lines.join('\n'));
+      assert.match(String(logged[0].reason), /INFLIGHT_SHMFD/);
+      assert.match(String(logged[1].reason), /3 queues/);
+      assert.match(String(logged[3].reason), /power of two/);
+      assert.equal(ep.closed, false);
+    });
+
+    it('SET_INFLIGHT_FD adopts a region that fits and refuses, with a log line, one that does not', async () => {
+      await negotiate();
+      const ack = async (p: Payload, fd: number): Promise<bigint> => valueOf(await send(R.SET_INFLIGHT_FD, p, [fd], NEED_REPLY_FLAG));
+      assert.equal(await ack(inflight(2, 128, 4224), memfd(4224)), 0n);
+      const bad: Array<[Payload, number, RegExp]> = [
+        [inflight(2, 128, 4223), 4224, /mmap_size 4223 is less than the 4224 bytes/],
+        [inflight(2, 128, 4224, 4096), 4224, /beyond the end of the fd/],
+        [inflight(2, 128, 4224, 4), 8192, /not 8-byte aligned/],
+        [inflight(3, 128, 6336), 6336, /3 queues asked for/],
+        [inflight(1, 96, 4096), 4096, /power of two/],
+      ];
+      for (const [p, size, why] of bad) {
+        const fd = memfd(size);
+        assert.equal(await ack(p, fd), 1n, String(why));
+        assert.equal(isOpen(fd), false, `${why}: fd closed`);
+        assert.match(String(refusals().at(-1)?.reason), why);
+      }
+      // A region laid out for another queue size is not taken for this one.
+      const fd = memfd(4224);
+      const header = Buffer.alloc(4);
+      header.writeUInt16LE(1, 0); // version 1
+      header.writeUInt16LE(64, 2); // desc_num 64
+      fs.writeSync(fd, header, 0, 4, 8);
+      assert.equal(await ack(inflight(2, 128, 4224), fd), 1n);
+      assert.match(String(refusals().at(-1)?.reason), /laid out for 64 descriptors/);
+      // Without REPLY_ACK (as QEMU sends it) a refusal hangs up.
+      backend.receive(raw(R.SET_INFLIGHT_FD, inflight(2, 128, 100), [memfd(4224)]));
+      await settle();
+      assert.match(ep.closedReason ?? '', /SET_INFLIGHT_FD failed/);
+    });
+
+    it('SET_INFLIGHT_FD maps a region at a page-unaligned offset', async () => {
+      await negotiate();
+      const fd = memfd(8192);
+      assert.equal(valueOf(await send(R.SET_INFLIGHT_FD, inflight(1, 128, 2112, 1024), [fd], NEED_REPLY_FLAG)), 0n);
+      const header = Buffer.alloc(2);
+      fs.readSync(fd, header, 0, 2, 1024 + 10);
+      assert.equal(header.readUInt16LE(0), 128, 'desc_num written at the offset');
+    });
   });
 });
