@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NPM ?= npm
 
-.PHONY: setup deps build run test test-unit test-integration test-guest guest bench install-vhost-user-json clean
+.PHONY: setup deps build run test test-unit test-integration test-guest guest fuzz bench install-vhost-user-json clean
 
 ## Install system packages (qemu, fio, busybox) and npm packages, then build the addon and TypeScript.
 setup: deps build
@@ -36,6 +36,13 @@ test-guest: build guest
 
 guest:
 	scripts/build-guest.sh
+
+## Fuzz the data path and the vhost-user codec with the unit tests' properties for FUZZ_SECONDS
+## (default 600) from a random seed; replay a failure with the FUZZ_ARGS it prints, e.g.
+## make fuzz FUZZ_ARGS='--only hostile-queue --seed S --path P'.
+FUZZ_SECONDS ?= 600
+fuzz: build
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh $(FUZZ_ARGS)
 
 ## Benchmark vublk against qemu-storage-daemon (a few minutes); writes docs/benchmarks.md and .json.
 ## Pass driver options with BENCH_ARGS, e.g. make bench BENCH_ARGS='--duration 5 --rounds 1'.

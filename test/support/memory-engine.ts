@@ -19,6 +19,11 @@ export interface MemoryEngineOptions {
    * address and length are multiples of this (0 = no check).
    */
   alignment?: number;
+  /**
+   * Complete inside submit() instead of on the next macrotask. The request code
+   * must cope with that (it guards against completions arriving inside handle()).
+   */
+  synchronous?: boolean;
 }
 
 export class MemoryEngine implements StorageEngine {
@@ -34,6 +39,7 @@ export class MemoryEngine implements StorageEngine {
    */
   fault: ((call: EngineCall) => number | undefined) | undefined;
   alignment: number;
+  synchronous: boolean;
   /** Most requests ever in flight at once. */
   maxPending = 0;
   private pending = 0;
@@ -43,6 +49,7 @@ export class MemoryEngine implements StorageEngine {
   constructor(private readonly disk: Uint8Array, guest: Uint8Array,
               private readonly onComplete: CompletionHandler, options: MemoryEngineOptions = {}) {
     this.alignment = options.alignment ?? 0;
+    this.synchronous = options.synchronous ?? false;
     this.areas.push({ base: FAKE_HOST_BASE, bytes: guest });
   }
 
@@ -99,6 +106,7 @@ export class MemoryEngine implements StorageEngine {
   }
 
   private complete(slot: number, result: number): void {
+    if (this.synchronous) return this.onComplete(slot, result);
     this.pending++;
     this.maxPending = Math.max(this.maxPending, this.pending);
     setImmediate(() => {
