@@ -4,11 +4,11 @@
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { BlkFrontend, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from '../../src/frontend';
 import { QmpClient, QmpCommandError } from '../../src/qmp/client';
+import { fetchText } from '../support/http';
 import { createImage } from '../support/disk-scenario';
 import { ServerProcess, VUBLK_BIN, startVublkDaemon } from '../support/servers';
 import { waitFor } from '../support/wait';
@@ -31,17 +31,6 @@ async function rejectsWith(p: Promise<unknown>, errorClass: string, desc: RegExp
     assert.equal(e.errorClass, errorClass);
     assert.match(e.desc, desc);
     return true;
-  });
-}
-
-function fetchText(url: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http.get(url, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => { body += d; });
-      res.on('end', () => resolve(body));
-    }).on('error', reject);
   });
 }
 

@@ -7,7 +7,6 @@
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { bit } from '../../protocol';
@@ -17,6 +16,7 @@ import {
 } from '../../src/frontend';
 import type { DaemonStats } from '../../src/daemon/metrics';
 import { QmpClient } from '../../src/qmp/client';
+import { fetchText } from '../support/http';
 import { createImage } from '../support/disk-scenario';
 import { ServerProcess, startVublkDaemon } from '../support/servers';
 import { waitFor } from '../support/wait';
@@ -34,17 +34,6 @@ function pattern(len: number, seed: number): Uint8Array {
     out[i] = x >>> 24;
   }
   return out;
-}
-
-function fetchText(url: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http.get(url, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => { body += d; });
-      res.on('end', () => resolve(body));
-    }).on('error', reject);
-  });
 }
 
 /** Mount a tmpfs of `bytes` on `dir`; the reason it cannot, or undefined when mounted. */
