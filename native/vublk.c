@@ -739,38 +739,30 @@ static void engine_release(io_engine *e) {
   e->iov_pool = NULL;
 }
 
-// Runs on a pool thread: touches only its own slot.
-static void io_work(uv_work_t *req) {
-  io_slot *s = container_of(req, io_slot, req);
+// One request, synchronously: what a pool thread runs, and what the inline
+// engine runs on the iothread itself. May modify `iov` (short transfers).
+static int64_t io_run(int op, int fd, off_t off, uint64_t length, struct iovec *iov, int cnt) {
   ssize_t n;
-  if (s->op >= IO_PUNCH_HOLE) {
-    s->result = vublk_range_op(s->op, s->fd, (uint64_t)s->offset, s->length);
-    return;
-  }
-  if (s->op == IO_FLUSH) {
-    do n = fdatasync(s->fd);
+  if (op >= IO_PUNCH_HOLE) return vublk_range_op(op, fd, (uint64_t)off, length);
+  if (op == IO_FLUSH) {
+    do n = fdatasync(fd);
     while (n < 0 && errno == EINTR);
-    s->result = n < 0 ? -errno : 0;
-    return;
+    return n < 0 ? -errno : 0;
   }
-  struct iovec *iov = s->iov;
-  int cnt = s->iovcnt;
-  off_t off = s->offset;
   int64_t done = 0;
   // Leading empty iovecs would make a 0 return look like EOF.
   while (cnt > 0 && iov->iov_len == 0) iov++, cnt--;
   // At least one call even for an empty request, so a bad fd is still reported.
   do {
-    n = s->op == IO_READ ? preadv(s->fd, iov, cnt, off) : pwritev(s->fd, iov, cnt, off);
+    n = op == IO_READ ? preadv(fd, iov, cnt, off) : pwritev(fd, iov, cnt, off);
     if (n < 0) {
       if (errno == EINTR) continue;
-      s->result = -errno;
-      return;
+      return -errno;
     }
     if (n == 0 && cnt > 0) {
       // Reads: end of file, report what we have. Writes: the kernel made no
       // progress and would not next time either; do not spin.
-      if (s->op == IO_WRITE) done = -EIO;
+      if (op == IO_WRITE) done = -EIO;
       break;
     }
     done += n;
@@ -785,7 +777,13 @@ static void io_work(uv_work_t *req) {
       iov->iov_len -= (size_t)n;
     }
   } while (cnt > 0);
-  s->result = done;
+  return done;
+}
+
+// Runs on a pool thread: touches only its own slot.
+static void io_work(uv_work_t *req) {
+  io_slot *s = container_of(req, io_slot, req);
+  s->result = io_run(s->op, s->fd, s->offset, s->length, s->iov, s->iovcnt);
 }
 
 static void io_after(uv_work_t *req, int status) {
@@ -986,6 +984,37 @@ static napi_value js_io_engine_submit_range(napi_env env, napi_callback_info inf
   return engine_queue(env, e, s);
 }
 
+// ioRun(op, fd, offset, iov, iovCount) / ioRunRange(op, fd, offset, length):
+// one request on the calling thread, returning bytes or -errno. For stores
+// that never wait for a device (files in tmpfs), where handing each request
+// to another thread costs more than doing it.
+static __thread struct iovec sync_iov[MAX_IOV];
+
+static napi_value js_io_run(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  double op_d, fd_d, offset = 0;
+  if (!arg_integer(env, argv[0], "op", IO_READ, IO_FLUSH, &op_d)) return NULL;
+  // Any int: a bad fd is the kernel's to report (-EBADF), as for queued requests.
+  if (!arg_integer(env, argv[1], "fd", INT32_MIN, INT32_MAX, &fd_d)) return NULL;
+  uint32_t n_iov = 0;
+  if ((int)op_d != IO_FLUSH && !arg_iov_request(env, argv + 2, MAX_IOV, sync_iov, &offset, &n_iov)) return NULL;
+  napi_value out;
+  NAPI_OK(env, napi_create_int64(env, io_run((int)op_d, (int)fd_d, (off_t)offset, 0, sync_iov, (int)n_iov), &out));
+  return out;
+}
+
+static napi_value js_io_run_range(napi_env env, napi_callback_info info) {
+  ARGS(4);
+  double op_d, fd_d, offset, length;
+  if (!arg_integer(env, argv[0], "op", IO_PUNCH_HOLE, IO_BLKZEROOUT, &op_d)) return NULL;
+  if (!arg_integer(env, argv[1], "fd", INT32_MIN, INT32_MAX, &fd_d)) return NULL;
+  if (!arg_integer(env, argv[2], "offset", 0, TWO_POW_53, &offset)) return NULL;
+  if (!arg_integer(env, argv[3], "length", 0, TWO_POW_53, &length)) return NULL;
+  napi_value out;
+  NAPI_OK(env, napi_create_int64(env, io_run((int)op_d, (int)fd_d, (off_t)offset, (uint64_t)length, NULL, 0), &out));
+  return out;
+}
+
 static napi_value js_io_engine_in_flight(napi_env env, napi_callback_info info) {
   ARGS(1);
   io_engine *e;
@@ -1091,6 +1120,8 @@ NAPI_MODULE_INIT() {
       FN("ioEngineCreate", js_io_engine_create),
       FN("ioEngineSubmit", js_io_engine_submit),
       FN("ioEngineSubmitRange", js_io_engine_submit_range),
+      FN("ioRun", js_io_run),
+      FN("ioRunRange", js_io_run_range),
       FN("ioEngineInFlight", js_io_engine_in_flight),
       FN("ioEngineDestroy", js_io_engine_destroy),
       FN("userId", js_user_id),

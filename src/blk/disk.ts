@@ -24,6 +24,11 @@ export interface BlkDisk {
   /** Whether the store can discard / write zeroes (and so whether the features are offered). */
   readonly discard: boolean;
   readonly writeZeroes: boolean;
+  /**
+   * The store is memory (a file in tmpfs or ramfs): I/O never waits for a device,
+   * so it may run inline on the iothread (storage/inline.ts).
+   */
+  readonly memoryBacked?: boolean;
   /** Answer to VIRTIO_BLK_T_GET_ID, at most 20 bytes. */
   readonly serial: string;
 }

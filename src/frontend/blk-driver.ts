@@ -10,7 +10,7 @@ import { native } from '../native/addon';
 import {
   BLK_CONFIG_SIZE, BLK_ID_BYTES, BlkConfig, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH,
   VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY,
-  VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_CONFIG_S_ACKNOWLEDGE,
+  VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_CONFIG_S_ACKNOWLEDGE,
   VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, decodeBlkConfig, encodeBlkHeader,
 } from './blk-spec';
 import { VhostUserClient } from './client';
@@ -332,6 +332,17 @@ export class BlkFrontend {
     }
     parts.push(statusPart());
     const c = await this.submit(queue, parts, opts);
+    return { status: c.status, usedLen: c.usedLen };
+  }
+
+  /** DISCARD of one range (needs VIRTIO_BLK_F_DISCARD in `features`). */
+  async discard(queue: number, sector: number, sectors: number, opts: SubmitOptions = {}): Promise<BlkStatusResult> {
+    const seg = new Uint8Array(16);
+    const v = new DataView(seg.buffer);
+    v.setUint32(0, sector % 0x1_0000_0000, true);
+    v.setUint32(4, Math.floor(sector / 0x1_0000_0000), true);
+    v.setUint32(8, sectors, true);
+    const c = await this.submit(queue, [{ readable: encodeBlkHeader(VIRTIO_BLK_T_DISCARD, 0) }, { readable: seg }, statusPart()], opts);
     return { status: c.status, usedLen: c.usedLen };
   }
 

@@ -168,6 +168,13 @@ export interface NativeAddon {
    * integers in [0, 2^53]; length 0 goes to the kernel as is (fallocate answers -EINVAL).
    */
   ioEngineSubmitRange(engine: IoEngineHandle, slot: number, op: number, fd: number, offset: number, length: number): void;
+  /**
+   * Run one IO_READ / IO_WRITE / IO_FLUSH on the calling thread; returns bytes transferred or -errno.
+   * Same semantics as a pool request (short transfers continued, EOF reported). At most 1024 iov pairs.
+   */
+  ioRun(op: number, fd: number, offset: number, iov: Float64Array, iovCount: number): number;
+  /** Run one range operation on the calling thread; returns 0 or -errno. */
+  ioRunRange(op: number, fd: number, offset: number, length: number): number;
   /** Requests still running in the pool. */
   ioEngineInFlight(engine: IoEngineHandle): number;
   /** Free the engine; throws EBUSY with requests in flight. Idempotent. */

@@ -99,6 +99,7 @@ function openFile(path: string, o: OpenTargetOptions, st: fs.BigIntStats): Stora
     }
     const lbs = o.direct ? Math.max(MIN_BLOCK_SIZE, offsetAlign) : MIN_BLOCK_SIZE;
     const devicePhysical = queue !== undefined ? readSysfsNumber(queue, 'physical_block_size') : undefined;
+    const fsType = fsTypeName(path);
     const disk: BlkDisk = {
       fd,
       kind: 'file',
@@ -114,12 +115,13 @@ function openFile(path: string, o: OpenTargetOptions, st: fs.BigIntStats): Stora
       // the rare filesystem without them.
       discard: !o.readOnly,
       writeZeroes: !o.readOnly,
+      memoryBacked: MEMORY_FILESYSTEMS.has(fsType),
       serial: o.serial,
     };
     const details: TargetDetails = {
       device: `${major}:${minor}`,
       sysfsQueue: queue,
-      fsType: fsTypeName(path),
+      fsType,
       deviceLogicalBlockSize: offsetAlign,
       sizeBytes: Number(fst.size),
     };
@@ -387,6 +389,9 @@ const FS_MAGIC: Record<number, string> = {
   0x958458f6: 'hugetlbfs', 0xf2f52010: 'f2fs', 0x2fc12fc1: 'zfs', 0x4d44: 'vfat', 0x5346544e: 'ntfs',
   0x01021997: 'v9fs', 0xff534d42: 'cifs', 0x73717368: 'squashfs',
 };
+
+/** Filesystems whose files are memory: reading or writing them never waits for a device. */
+const MEMORY_FILESYSTEMS: ReadonlySet<string> = new Set(['tmpfs', 'ramfs']);
 
 /** Filesystem type holding `path`, for messages. */
 export function fsTypeName(path: string): string {

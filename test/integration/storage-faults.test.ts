@@ -10,10 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { bit } from '../../protocol';
-import {
-  BlkFrontend, DRIVER_FEATURES, SECTOR_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD,
-  encodeBlkHeader,
-} from '../../src/frontend';
+import { BlkFrontend, DRIVER_FEATURES, SECTOR_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from '../../src/frontend';
 import type { DaemonStats } from '../../src/daemon/metrics';
 import { QmpClient } from '../../src/qmp/client';
 import { fetchText } from '../support/http';
@@ -47,15 +44,6 @@ function mountTmpfs(dir: string, bytes: number): string | undefined {
 function unmount(dir: string): void {
   // Lazy as a fallback: a test that failed half-way must not leave the mount behind.
   if (spawnSync('umount', [dir]).status !== 0) spawnSync('umount', ['-l', dir]);
-}
-
-/** A DISCARD of one range, built by hand (the front-end has no helper for it). */
-function discardParts(sector: number, sectors: number) {
-  const seg = new Uint8Array(16);
-  const v = new DataView(seg.buffer);
-  v.setUint32(0, sector, true);
-  v.setUint32(8, sectors, true);
-  return [{ readable: encodeBlkHeader(VIRTIO_BLK_T_DISCARD, 0) }, { readable: seg }, { writable: 1, fill: 0xff }];
 }
 
 describe('storage faults: a full filesystem under a served image', function () {
@@ -186,7 +174,7 @@ describe('storage faults: a full filesystem under a served image', function () {
 
     // And the full export recovers once there is room: discard (punch) the first
     // acknowledged chunk, and the first failed write goes through.
-    const d = await fe.submit(0, discardParts(acked[0].sector, CHUNK / SECTOR_SIZE));
+    const d = await fe.discard(0, acked[0].sector, CHUNK / SECTOR_SIZE);
     assert.equal(d.status, VIRTIO_BLK_S_OK, 'discard frees space on the tmpfs');
     const retry = pattern(CHUNK, 1234);
     assert.equal((await fe.write(failed[0].queue, failed[0].sector, retry)).status, VIRTIO_BLK_S_OK, 'a write fits again');

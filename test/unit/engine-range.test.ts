@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { IO_BLKDISCARD, IO_BLKZEROOUT, IO_PUNCH_HOLE, IO_READ, IO_ZERO_RANGE, native } from '../../src/native/addon';
 import { CompletionHandler, StorageEngine } from '../../src/storage/engine';
+import { InlineEngine } from '../../src/storage/inline';
 import { ThreadPoolEngine } from '../../src/storage/threadpool';
 import { UringEngine } from '../../src/storage/uring';
 import { waitFor } from '../support/wait';
@@ -20,6 +21,7 @@ type EngineMaker = (slots: number, onComplete: CompletionHandler) => StorageEngi
 const ENGINES: Array<[string, EngineMaker]> = [
   ['threads', (slots, cb) => new ThreadPoolEngine(slots, cb)],
   ['io_uring', (slots, cb) => new UringEngine(slots, cb)],
+  ['inline', (slots, cb) => new InlineEngine(slots, cb)],
 ];
 
 /** Attach FILE to a free loop device; undefined (with the reason) when that is not possible here. */

@@ -15,6 +15,7 @@ import {
 } from '../../src/native/addon';
 import { CompletionHandler, StorageEngine } from '../../src/storage/engine';
 import { probeUring, selectEngine, UringAvailability } from '../../src/storage/select';
+import { InlineEngine } from '../../src/storage/inline';
 import { ThreadPoolEngine } from '../../src/storage/threadpool';
 import { UringEngine } from '../../src/storage/uring';
 import { LOG_LEVEL_VALUES, Logger, setLogSink } from '../../src/util/log';
@@ -82,6 +83,7 @@ type EngineMaker = (slots: number, onComplete: CompletionHandler) => StorageEngi
 const ENGINES: Array<[string, EngineMaker]> = [
   ['threads', (slots, cb) => new ThreadPoolEngine(slots, cb)],
   ['io_uring', (slots, cb) => new UringEngine(slots, cb)],
+  ['inline', (slots, cb) => new InlineEngine(slots, cb)],
 ];
 
 const GUEST_SIZE = 256 * 1024;
