@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NPM ?= npm
 
-.PHONY: setup deps build run test test-unit test-integration test-guest guest fuzz bench install-vhost-user-json clean
+.PHONY: setup deps build run test test-unit test-integration test-guest guest fuzz bench bench-deps install-vhost-user-json clean
 
 ## Install system packages (qemu, fio, busybox) and npm packages, then build the addon and TypeScript.
 setup: deps build
@@ -44,10 +44,14 @@ FUZZ_SECONDS ?= 600
 fuzz: build
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh $(FUZZ_ARGS)
 
-## Benchmark vublk against qemu-storage-daemon (a few minutes); writes docs/benchmarks.md and .json.
-## Pass driver options with BENCH_ARGS, e.g. make bench BENCH_ARGS='--duration 5 --rounds 1'.
-bench: build
+## Benchmark vublk against qemu-storage-daemon in three layers (about 25 minutes on 2 cores);
+## writes docs/benchmarks.md, .json and -iops-qd.png. Options go in BENCH_ARGS, e.g.
+## make bench BENCH_ARGS='--quick', BENCH_ARGS='--layers driver --storage tmpfs', BENCH_ARGS='--help'.
+bench: bench-deps build guest
 	BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" scripts/bench/run.sh $(BENCH_ARGS)
+
+bench-deps:
+	scripts/install-deps.sh --bench
 
 ## Install the vhost-user back-end description (type "block") for QEMU/libvirt discovery.
 VHOST_USER_JSON_DIR ?= /usr/share/qemu/vhost-user

@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# Ensure the system packages that vublk's tests and test guest need.
+# Ensure the system packages that vublk's tests and test guest need; with
+# --bench also what `make bench` needs on top (gnuplot for its plot).
 # Idempotent: when everything is present it only asks dpkg (well under a second)
 # and never touches apt, so it is safe to run on every `make`.
 set -euo pipefail
+
+bench=0
+for arg in "$@"; do
+  case $arg in
+    --bench) bench=1 ;;
+    *) printf 'usage: %s [--bench]\n' "$0" >&2; exit 2 ;;
+  esac
+done
 
 # qemu-system-x86 pulls in qemu-system-common, which is where Debian 12 ships
 # qemu-storage-daemon (the reference vhost-user-blk server the tests compare against).
@@ -12,6 +21,11 @@ PACKAGES=(qemu-system-x86 qemu-utils fio busybox-static xz-utils)
 # Commands checked after installing, because a package being "installed" is not
 # proof that the binary we rely on lives in it (that changed across Debian releases).
 COMMANDS=(qemu-system-x86_64 qemu-storage-daemon qemu-img fio busybox xz)
+if ((bench)); then
+  # gnuplot-nox: gnuplot without X11, still with the PNG terminals the plot uses.
+  PACKAGES+=(gnuplot-nox)
+  COMMANDS+=(gnuplot)
+fi
 
 log() { printf 'install-deps: %s\n' "$*"; }
 

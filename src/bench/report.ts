@@ -1,8 +1,13 @@
-// Results of the benchmark: per-run figures, their medians per configuration,
-// and the markdown rendering of docs/benchmarks.md. Pure (no I/O).
+// What the benchmark records (docs/benchmarks.json): per-run figures of the
+// three layers, their medians, and the settings and versions they came from.
+// Pure (no I/O).
+import { Op, ServerId, StorageId } from './matrix';
 import { median } from './stats';
 
-/** Figures of one measured interval. */
+/** Bumped when the JSON changes shape; --render refuses other versions. */
+export const REPORT_SCHEMA = 2;
+
+/** Front-end driver layer: figures of one measured interval. */
 export interface RunFigures {
   iops: number;
   p50Us: number;
@@ -32,45 +37,133 @@ export interface RunResult extends RunFigures {
   serverThreads: string;
 }
 
-export interface ConfigResult {
-  name: string;
-  label: string;
-  role: 'vublk' | 'qsd' | 'ceiling';
+export interface DriverRow {
+  storage: StorageId;
+  server: ServerId;
+  /** getid: the driver ceiling rows. */
+  op: Op | 'getid';
+  /** Requests in flight per queue. */
+  qd: number;
   queues: number;
-  op: string;
-  driver: string;
-  /** Name of the qemu-storage-daemon configuration to compare with. */
-  baseline?: string;
-  /** The server's command line, with $IMAGE and $SOCKET for the image and socket. */
-  serverCommand: string;
   median: RunFigures;
   iopsMin: number;
   iopsMax: number;
   runs: RunResult[];
 }
 
-export interface BenchReport {
-  date: string;
-  command: string;
-  machine: { nproc: number; cpuModel: string; kernel: string };
-  versions: { node: string; qemuStorageDaemon: string; vublkCommit: string };
-  settings: {
-    durationSec: number; warmupSec: number; rounds: number; qd: number; blockSize: number;
-    op: string; image: string; imageBytes: number; cache: string;
-  };
-  configs: ConfigResult[];
+/** Guest layer: fio in the guest against one server. */
+export interface GuestFigures {
+  iops: number;
+  p50Us: number;
+  p99Us: number;
+  /** Server CPU over fio's run divided by fio's I/O count. */
+  serverCpuUsPerIo: number;
+  /** % of one core between the markers around fio (which include fio's start and exit). */
+  serverCpuPct: number;
 }
 
-const FIGURES: Array<keyof RunFigures> = [
+export interface GuestRun extends GuestFigures {
+  round: number;
+  ios: number;
+  /** fio's runtime. */
+  seconds: number;
+  /** Between the markers around fio (includes fio's start and exit, when the server idles). */
+  serverCpuSec: number;
+  serverThreads: string;
+}
+
+export interface GuestRow {
+  storage: StorageId;
+  server: ServerId;
+  median: GuestFigures;
+  runs: GuestRun[];
+}
+
+/** Host layer: fio with io_uring straight on the image. */
+export interface HostFigures {
+  iops: number;
+  p50Us: number;
+  p99Us: number;
+  /** fio's own CPU (user + system, io_uring workers included) per I/O. */
+  cpuUsPerIo: number;
+}
+
+export interface HostRun extends HostFigures {
+  round: number;
+  ios: number;
+  seconds: number;
+  cpuSec: number;
+}
+
+export interface HostRow {
+  storage: StorageId;
+  op: Op;
+  qd: number;
+  /** fio jobs: one per queue of the matching driver workload. */
+  jobs: number;
+  median: HostFigures;
+  runs: HostRun[];
+}
+
+export interface StorageInfo {
+  id: StorageId;
+  label: string;
+  image: string;
+  direct: boolean;
+  /** The filesystem under the image, from findmnt. */
+  fstype: string;
+  source: string;
+  mountpoint: string;
+}
+
+export interface BenchReport {
+  schema: number;
+  date: string;
+  command: string;
+  machine: { nproc: number; cpuModel: string; kernel: string; memoryGiB: number };
+  versions: { node: string; qemuStorageDaemon: string; qemu: string; fio: string; vublkCommit: string };
+  settings: {
+    rounds: number;
+    blockSize: number;
+    imageBytes: number;
+    queueSize: number;
+    quick: boolean;
+    /** Seconds per run. */
+    driver: { durationSec: number; warmupSec: number };
+    host: { durationSec: number };
+    guest: { durationSec: number; warmupSec: number; qd: number; cpus: number; memoryMiB: number };
+    /** Measured seconds of the whole run. */
+    elapsedSec: number;
+  };
+  storages: StorageInfo[];
+  /** In plan order; the first qsd-role server is qsd's default engine. */
+  servers: ServerId[];
+  /** Server command lines per storage, with $SOCKET and $QUEUES. */
+  commands: Array<{ storage: StorageId; server: ServerId; command: string }>;
+  driver?: { rows: DriverRow[]; ceiling: DriverRow[] };
+  guest?: { rows: GuestRow[]; qemuCommand: string; fioCommand: string; bootMs: number };
+  host?: { rows: HostRow[]; fioCommand: string };
+  /** What failed (a server that would not start or exited, fio errors); everything else still ran. */
+  failures: string[];
+}
+
+/** Median of each listed figure over the runs, each taken separately. */
+export function medianOf<T extends object>(runs: readonly T[], keys: ReadonlyArray<keyof T>): T {
+  const out = {} as T;
+  for (const k of keys) out[k] = median(runs.map((r) => r[k] as unknown as number)) as unknown as T[keyof T];
+  return out;
+}
+
+export const RUN_FIGURES: ReadonlyArray<keyof RunFigures> = [
   'iops', 'p50Us', 'p99Us', 'serverCpuUsPerIo', 'driverCpuUsPerIo', 'serverCpuPct',
   'busiestServerThreadPct', 'driverCpuPct', 'machineBusyPct', 'stealPct', 'otherCpuPct',
 ];
+export const GUEST_FIGURES: ReadonlyArray<keyof GuestFigures> = ['iops', 'p50Us', 'p99Us', 'serverCpuUsPerIo', 'serverCpuPct'];
+export const HOST_FIGURES: ReadonlyArray<keyof HostFigures> = ['iops', 'p50Us', 'p99Us', 'cpuUsPerIo'];
 
-/** Median of every figure over the runs, each taken separately. */
+/** Median of every driver-layer figure over the runs. */
 export function summarize(runs: readonly RunFigures[]): RunFigures {
-  const out = {} as RunFigures;
-  for (const k of FIGURES) out[k] = median(runs.map((r) => r[k]));
-  return out;
+  return medianOf(runs, RUN_FIGURES);
 }
 
 /** A core counts as saturated above this share. */
@@ -86,97 +179,4 @@ export function limitOf(f: RunFigures, nproc: number): string {
   if (f.busiestServerThreadPct >= SATURATED_PCT) limits.push('a server thread (a full core)');
   if (f.machineBusyPct >= SATURATED_PCT) limits.push(`machine CPU (all ${nproc} cores busy)`);
   return limits.length > 0 ? limits.join('; ') : 'no core saturated (latency, wake-ups)';
-}
-
-const fmt = (v: number, digits = 0): string => (Number.isFinite(v) ? v.toFixed(digits) : '-');
-const kiops = (v: number): string => (Number.isFinite(v) ? `${(v / 1000).toFixed(1)}k` : '-');
-
-function ratio(a: number, b: number | undefined): string {
-  return b !== undefined && Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${(a / b).toFixed(2)}×` : '-';
-}
-
-/** The run whose IOPS is the median (the lower middle one for an even count). */
-function medianRun(c: ConfigResult): RunResult | undefined {
-  const sorted = [...c.runs].sort((a, b) => a.iops - b.iops);
-  return sorted[Math.floor((sorted.length - 1) / 2)];
-}
-
-export function renderMarkdown(r: BenchReport): string {
-  const byName = new Map(r.configs.map((c) => [c.name, c]));
-  const s = r.settings;
-  const lines: string[] = [];
-  /** `align`: one letter per column, l or r. */
-  const table = (head: string[], align: string, rows: string[][]): void => {
-    lines.push(`| ${head.join(' | ')} |`, `|${head.map((_, i) => (align[i] === 'r' ? ' ---: ' : ' --- ')).join('|')}|`);
-    for (const row of rows) lines.push(`| ${row.join(' | ')} |`);
-    lines.push('');
-  };
-
-  lines.push('# Benchmarks', '',
-    `Generated by \`${r.command}\` on ${r.date}. Do not edit by hand: run it again.`, '',
-    `Workload: ${s.op}, ${s.blockSize} B requests, QD ${s.qd} per queue (closed loop), ` +
-    `${s.warmupSec} s warm-up then ${s.durationSec} s measured; configurations interleaved, rounds: ${s.rounds}; every figure ` +
-    `is the median over the rounds. Image: ${s.imageBytes / 2 ** 30} GiB file in tmpfs (${s.image}), page-cached, cache=${s.cache}. ` +
-    'Driver: our own vhost-user front-end (src/frontend) in one Node process, one event loop for all queues.', '',
-    `Machine: ${r.machine.nproc} CPUs (${r.machine.cpuModel}), Linux ${r.machine.kernel}, shared and noisy. ` +
-    `Node ${r.versions.node}, ${r.versions.qemuStorageDaemon}, vublk ${r.versions.vublkCommit}.`, '');
-
-  const other = r.configs.map((c) => c.median.otherCpuPct).filter(Number.isFinite);
-  if (other.length > 0 && Math.max(...other) > NOISY_OTHER_PCT) {
-    lines.push(`**Other load took ${fmt(Math.min(...other))}–${fmt(Math.max(...other))}% of a core during these runs** ` +
-      '(medians per configuration, see "other CPU %"). With the machine saturated, IOPS ≈ free CPU ÷ (server + driver CPU ' +
-      'per I/O): IOPS are depressed and move with the other load, so compare the CPU-per-I/O columns first.', '');
-  }
-  lines.push('## Results', '');
-  table(
-    ['configuration', 'queues', 'IOPS', 'IOPS min–max', 'p50 µs', 'p99 µs', 'server CPU µs/IO', 'driver CPU µs/IO',
-      'IOPS vs qsd', 'server CPU/IO vs qsd'],
-    'lrrrrrrrrr',
-    r.configs.map((c) => {
-      const m = c.median;
-      const b = c.baseline !== undefined ? byName.get(c.baseline)?.median : undefined;
-      return [c.label, String(c.queues), kiops(m.iops), `${kiops(c.iopsMin)}–${kiops(c.iopsMax)}`, fmt(m.p50Us), fmt(m.p99Us),
-        fmt(m.serverCpuUsPerIo, 1), fmt(m.driverCpuUsPerIo, 1), ratio(m.iops, b?.iops), ratio(m.serverCpuUsPerIo, b?.serverCpuUsPerIo)];
-    }),
-  );
-  const baselines = r.configs.filter((c) => c.baseline !== undefined).map((c) => `${c.label} → ${byName.get(c.baseline!)?.label ?? c.baseline}`);
-  if (baselines.length > 0) lines.push(`Ratios compare with: ${[...new Set(baselines)].join('; ')}.`, '');
-
-  lines.push('## Where the CPU went', '',
-    `CPU in % of one core over the measured interval; "other" is everything else on the machine (other processes, ` +
-    `interrupts); machine busy and steal in % of all ${r.machine.nproc} CPUs. ` +
-    `A thread or process above ${SATURATED_PCT}% of a core counts as saturated. Server threads are from the median round.`, '');
-  table(
-    ['configuration', 'server CPU %', 'server threads', 'driver CPU %', 'other CPU %', 'machine busy %', 'steal %', 'limited by'],
-    'lrlrrrrl',
-    r.configs.map((c) => {
-      const m = c.median;
-      return [c.label, fmt(m.serverCpuPct), medianRun(c)?.serverThreads ?? '-', fmt(m.driverCpuPct), fmt(m.otherCpuPct),
-        fmt(m.machineBusyPct), fmt(m.stealPct, 1), limitOf(m, r.machine.nproc)];
-    }),
-  );
-
-  const ceilings = r.configs.filter((c) => c.role === 'ceiling');
-  if (ceilings.length > 0) {
-    lines.push('## Driver ceiling', '',
-      'The ceiling rows send VIRTIO_BLK_T_GET_ID, which the server answers from memory without touching storage: ' +
-      'the cheapest request there is. Their IOPS is the most this driver reaches on this machine; a configuration ' +
-      'near it, or with the driver near a full core, measures the driver rather than the server.', '');
-    for (const c of ceilings) {
-      const m = c.median;
-      lines.push(`- ${c.label}: ${kiops(m.iops)} IOPS with the driver at ${fmt(m.driverCpuPct)}% of a core; ` +
-        `${fmt(m.driverCpuUsPerIo, 1)} µs driver CPU per I/O, so at most ${kiops(1e6 / m.driverCpuUsPerIo)} IOPS ` +
-        'with a whole core to itself.');
-    }
-    const bound = r.configs.filter((c) => c.role !== 'ceiling' && c.median.driverCpuPct >= SATURATED_PCT);
-    lines.push('', bound.length === 0
-      ? `No measured configuration had the driver above ${SATURATED_PCT}% of a core: the figures above are not capped by the driver.`
-      : `The driver was above ${SATURATED_PCT}% of a core in: ${bound.map((c) => c.label).join(', ')}; those figures are capped by the driver.`);
-    lines.push('');
-  }
-
-  lines.push('## Command lines', '', '```');
-  for (const c of r.configs) lines.push(`# ${c.name} (${c.driver} driver, ${c.op})`, c.serverCommand);
-  lines.push('```', '', 'Per-run figures: [benchmarks.json](benchmarks.json).', '');
-  return lines.join('\n');
 }

@@ -1,47 +1,31 @@
-// The servers under test as child processes: vublk and qemu-storage-daemon.
-// Only what the benchmark needs: the pid (for /proc accounting), readiness,
-// and a clean stop.
+// The servers under test as child processes, started with the same
+// qemu-storage-daemon arguments. Only what the benchmark needs: the pid (for
+// /proc accounting), readiness (the socket listens, as neither prints anything
+// when ready in this mode), and a clean stop.
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { ServerDef } from './matrix';
 
 export const VUBLK_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'vublk');
 
-export interface ServerSpec {
-  kind: 'vublk' | 'qsd';
-  queues: number;
-  /** vublk: --aio and --iothreads. */
-  aio?: 'io_uring' | 'threads';
-  iothreads?: number;
-  /** qsd: run the export in an iothread object (else in the main loop). */
-  qsdIothread?: boolean;
+/** Enough of the server's output to explain a failure. */
+const OUTPUT_TAIL = 16 << 10;
+const READY_TIMEOUT_MS = 15_000;
+
+/** Servers not stopped yet, so an interrupted benchmark leaves none behind. */
+const running = new Set<ChildProcess>();
+
+/** SIGKILL every server still running (for an interrupted benchmark). */
+export function killServers(): void {
+  for (const p of running) p.kill('SIGKILL');
 }
 
 export interface BenchServer {
   readonly pid: number;
-  readonly argv: string[];
+  readonly socket: string;
+  output(): string;
   stop(): Promise<void>;
-}
-
-/** The command line that serves `image` on `socket`. */
-export function serverArgv(s: ServerSpec, image: string, socket: string): string[] {
-  if (s.kind === 'vublk') {
-    return [process.execPath, VUBLK_BIN, 'serve', '--socket', socket, '--aio', s.aio ?? 'io_uring',
-      '--iothreads', String(s.iothreads ?? 1), '--num-queues', String(s.queues), '--cache', 'writeback', image];
-  }
-  const exp = ['type=vhost-user-blk', 'id=exp', 'node-name=disk', 'addr.type=unix', `addr.path=${socket}`,
-    'writable=on', `num-queues=${s.queues}`];
-  const argv = ['qemu-storage-daemon', '--blockdev', `driver=file,node-name=disk,filename=${image}`];
-  if (s.qsdIothread) {
-    argv.push('--object', 'iothread,id=io0');
-    exp.push('iothread=io0');
-  }
-  return [...argv, '--export', exp.join(',')];
-}
-
-/** The command line as a reader would type it: `node bin/vublk ...`. */
-export function displayArgv(argv: readonly string[]): string {
-  return argv.map((a) => (a === process.execPath ? 'node' : a === VUBLK_BIN ? 'bin/vublk' : a)).join(' ');
 }
 
 function isSocket(p: string): boolean {
@@ -52,30 +36,34 @@ function isSocket(p: string): boolean {
   }
 }
 
-/** Start the server and wait until it accepts connections (vublk: its "serving" line; qsd: the socket). */
-export async function startServer(s: ServerSpec, image: string, socket: string): Promise<BenchServer> {
-  const argv = serverArgv(s, image, socket);
-  const proc: ChildProcess = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+/** Start `server` with `args` (see serverArgs) and wait until `socket` accepts connections. */
+export async function startServer(server: ServerDef, args: string[], socket: string): Promise<BenchServer> {
+  // vublk through node directly, so the pid is the server's own.
+  const [bin, argv] = server.role === 'vublk' ? [process.execPath, [VUBLK_BIN, ...args]] : ['qemu-storage-daemon', args];
+  const proc: ChildProcess = spawn(bin, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  proc.stdout?.on('data', (d: Buffer) => { out += d.toString(); });
-  proc.stderr?.on('data', (d: Buffer) => { out += d.toString(); });
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  const keep = (d: Buffer): void => { out = (out + d.toString()).slice(-OUTPUT_TAIL); };
+  proc.stdout?.on('data', keep);
+  proc.stderr?.on('data', keep);
+  running.add(proc);
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => { running.delete(proc); resolve(); }));
   let spawnError: Error | undefined;
   proc.once('error', (e) => { spawnError = e; });
-  const ready = (): boolean => (s.kind === 'vublk' ? out.includes('vublk: serving') : isSocket(socket));
-  const deadline = Date.now() + 15_000;
-  while (!ready()) {
-    if (spawnError !== undefined) throw spawnError;
-    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`${argv.join(' ')} exited:\n${out}`);
+  const what = `${server.label} (${[bin, ...argv].join(' ')})`;
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (!isSocket(socket)) {
+    if (spawnError !== undefined) throw new Error(`${what}: ${spawnError.message}`);
+    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`${what} exited:\n${out}`);
     if (Date.now() > deadline) {
       proc.kill('SIGKILL');
-      throw new Error(`${argv.join(' ')} not ready after 15 s:\n${out}`);
+      throw new Error(`${what} not listening after ${READY_TIMEOUT_MS / 1000} s:\n${out}`);
     }
     await new Promise((r) => setTimeout(r, 20));
   }
   return {
     pid: proc.pid!,
-    argv,
+    socket,
+    output: () => out,
     stop: async () => {
       if (proc.exitCode !== null || proc.signalCode !== null) return;
       proc.kill('SIGTERM');

@@ -10,6 +10,9 @@ export interface ProcStat {
   /** Clock ticks in user and kernel mode; for a process, summed over its threads. */
   utime: number;
   stime: number;
+  /** Ticks of the children it has waited for (and theirs): a wrapper shell's view of a finished command. */
+  cutime: number;
+  cstime: number;
   numThreads: number;
 }
 
@@ -29,6 +32,8 @@ export function parseProcStat(text: string): ProcStat {
     state: rest[0],
     utime: Number(rest[14 - 3]),
     stime: Number(rest[15 - 3]),
+    cutime: Number(rest[16 - 3]),
+    cstime: Number(rest[17 - 3]),
     numThreads: Number(rest[20 - 3]),
   };
 }

@@ -41,7 +41,13 @@ describe('bench: /proc parsing', () => {
     assert.equal(s.state, 'S');
     assert.equal(s.utime, 731);
     assert.equal(s.stime, 205);
+    assert.equal(s.cutime, 0);
+    assert.equal(s.cstime, 0);
     assert.equal(s.numThreads, 5);
+    // A shell after its child exited: the child's CPU is in cutime and cstime.
+    const sh = parseProcStat('99 (sh) S 1 99 99 0 -1 0 0 0 0 0 1 2 250 80 20 0 1 0 1 1 1 1 1 1 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0');
+    assert.equal(sh.cutime, 250);
+    assert.equal(sh.cstime, 80);
     assert.throws(() => parseProcStat('garbage'), /not a \/proc stat line/);
   });
 
