@@ -3,8 +3,7 @@
 // real socketpair whose front-end end is read by the test, byte for byte.
 import { strict as assert } from 'node:assert';
 import {
-  BackendRequest as B, FrontendRequest as R, MessageReader, NEED_REPLY_FLAG, Payload, ProtocolFeature, RawMessage,
-  bit, decodeReply, encodeReplyAck, Message, ProtocolError,
+  BackendRequest as B, FrontendRequest as R, NEED_REPLY_FLAG, Payload, ProtocolFeature, RawMessage, bit, encodeReplyAck,
 } from '../../protocol';
 import { BlkDevice } from '../../src/blk/device';
 import { BlkDisk } from '../../src/blk/disk';
@@ -14,7 +13,7 @@ import { Endpoint } from '../../src/transport/endpoint';
 import { Logger, setLogSink } from '../../src/util/log';
 import { BackendRequestError } from '../../src/vhost/backend-channel';
 import { VhostBackend, VhostBackendOptions } from '../../src/vhost/backend';
-import { FakeEndpoint, isOpen, raw, settle } from '../support/fake-endpoint';
+import { FakeEndpoint, exchange, isOpen, raw, settle } from '../support/fake-endpoint';
 import { MemoryEngine } from '../support/memory-engine';
 import { sleep, waitFor } from '../support/wait';
 
@@ -95,18 +94,10 @@ describe('vhost-user back-end channel (BACKEND_REQ)', () => {
 
   /** Send a control message; returns the REPLY_ACK value if one came. */
   async function send(request: number, payload: Payload, fds: number[] = [], flags = 0): Promise<bigint | undefined> {
-    const before = ep.sent.length;
-    backend.receive(raw(request, payload, fds, flags));
-    await settle();
-    if (ep.sent.length === before) return undefined;
-    const bytes = ep.sent[ep.sent.length - 1];
-    const reader = new MessageReader();
-    let r = reader.feed(bytes.subarray(0, 12));
-    if (r.type === 'more') r = reader.feed(bytes.subarray(12));
-    const m = decodeReply(request, (r as { raw: RawMessage }).raw);
-    assert.ok(!(m instanceof ProtocolError), `bad reply: ${(m as Error).message}`);
-    return ((m as Message).payload as { value: bigint }).value;
+    const m = await exchange(backend, ep, request, payload, fds, flags);
+    return m === undefined ? undefined : (m.payload as { value: bigint }).value;
   }
+
 
   const FEATURES = bit(ProtocolFeature.REPLY_ACK) | bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.BACKEND_REQ);
 

@@ -1,9 +1,6 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import {
-  FrontendRequest as R, MessageReader, NEED_REPLY_FLAG, Payload, ProtocolFeature, RawMessage, bit,
-  decodeReply, Message, ProtocolError,
-} from '../../protocol';
+import { FrontendRequest as R, Message, NEED_REPLY_FLAG, Payload, ProtocolFeature, bit } from '../../protocol';
 import { BlkDevice } from '../../src/blk/device';
 import { BlkDisk } from '../../src/blk/disk';
 import { LocalDataPlane } from '../../src/iothread/local';
@@ -12,7 +9,7 @@ import { Endpoint } from '../../src/transport/endpoint';
 import { Logger, setLogSink } from '../../src/util/log';
 import { PROTOCOL_FEATURES, VhostBackend } from '../../src/vhost/backend';
 import { findLogs, parseLogRecords } from '../support/logs';
-import { FakeEndpoint, isOpen, raw, settle } from '../support/fake-endpoint';
+import { FakeEndpoint, exchange, isOpen, raw, settle } from '../support/fake-endpoint';
 import { MemoryEngine } from '../support/memory-engine';
 
 describe('vhost-user back-end state machine', () => {
@@ -40,18 +37,8 @@ describe('vhost-user back-end state machine', () => {
     setLogSink(restore);
   });
 
-  async function send(request: number, payload: Payload, fds: number[] = [], flags = 0): Promise<Message | undefined> {
-    const before = ep.sent.length;
-    backend.receive(raw(request, payload, fds, flags));
-    await settle();
-    if (ep.sent.length === before) return undefined;
-    const bytes = ep.sent[ep.sent.length - 1];
-    const reader = new MessageReader();
-    let r = reader.feed(bytes.subarray(0, 12), ep.sentFds[ep.sentFds.length - 1]);
-    if (r.type === 'more' && bytes.length > 12) r = reader.feed(bytes.subarray(12));
-    const m = decodeReply(request, (r as { raw: RawMessage }).raw);
-    assert.ok(!(m instanceof ProtocolError), `bad reply: ${(m as Error).message}`);
-    return m as Message;
+  function send(request: number, payload: Payload, fds: number[] = [], flags = 0): Promise<Message | undefined> {
+    return exchange(backend, ep, request, payload, fds, flags);
   }
   const u64 = (value: bigint): Payload => ({ kind: 'u64', value });
   const valueOf = (m: Message | undefined): bigint => (m!.payload as { value: bigint }).value;
