@@ -12,6 +12,7 @@ import { Measure, startLoad } from './driver';
 import { Op, ServerDef, ServerId, StorageId, serverArgs, serverDef, workloadLabel, workloads } from './matrix';
 import { Plan, serversFor } from './options';
 import { DriverRow, RunResult, StorageInfo, summarize } from './report';
+import { warmImage } from './images';
 import { startServer } from './servers';
 import { percentile } from './stats';
 
@@ -86,6 +87,8 @@ async function session(server: ServerDef, storage: StorageInfo, queues: number, 
   const srv = await startServer(server, serverArgs(server, storage.image, storage.direct, queues, socket), socket);
   try {
     for (const c of cells) {
+      // Every server starts each workload from the same, warm page cache.
+      if (!storage.direct) warmImage(storage.image);
       try {
         record(c, await measure(socket, srv.pid, c, plan, round));
       } catch (e) {

@@ -3,6 +3,7 @@
 // queue: what a back-end could approach. fio's CPU is its whole process tree
 // (jobs and io_uring workers, whose time fio's own usr/sys figures leave out),
 // read by a wrapper shell from its children's times once fio has exited.
+import { warmImage } from './images';
 import { spawn } from 'node:child_process';
 import { CLK_TCK, parseProcStat } from '../util/proc-stats';
 import { FioFigures, hostFioArgs, parseFioJson } from './fio';
@@ -60,6 +61,7 @@ export class HostLayer {
         const args = hostFioArgs({ filename: s.image, op: w.op, blockSize: plan.blockSize, qd: w.qd, jobs: w.queues, direct: s.direct, durationSec: plan.host.durationSec });
         let fio: FioRun;
         try {
+          if (!s.direct) warmImage(s.image);
           fio = await runFio(args);
         } catch (e) {
           const msg = `host round ${round}, ${s.id} ${workloadLabel(w)}: ${(e as Error).message}`;
