@@ -206,6 +206,11 @@ void invoke_js(napi_env env, napi_async_context ctx, napi_value recv, napi_value
 }
 
 
+bool arg_range(napi_env env, const napi_value *argv, double *offset, double *length) {
+  return arg_integer(env, argv[0], "offset", 0, TWO_POW_53, offset) &&
+         arg_integer(env, argv[1], "length", 0, TWO_POW_53, length);
+}
+
 bool arg_iov_request(napi_env env, const napi_value *argv, uint32_t max_iov, struct iovec *out,
                      double *offset, uint32_t *count) {
   if (!arg_integer(env, argv[0], "offset", 0, TWO_POW_53, offset)) return false;

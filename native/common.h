@@ -88,6 +88,10 @@ void invoke_js(napi_env env, napi_async_context ctx, napi_value recv, napi_value
 // pool thread; 0 or -errno. Shared by both engines (vublk.c).
 int64_t vublk_range_op(int op, int fd, uint64_t offset, uint64_t length);
 
+// argv[0] = offset, argv[1] = length of a range operation, integers in [0, 2^53].
+// Length 0 is accepted and goes to the kernel as is (fallocate answers EINVAL).
+bool arg_range(napi_env env, const napi_value *argv, double *offset, double *length);
+
 // Arguments (offset, iov Float64Array of address/length pairs, iovCount) of an
 // engine submission, written into `out` (at most max_iov entries) (common.c).
 bool arg_iov_request(napi_env env, const napi_value *argv, uint32_t max_iov, struct iovec *out,

@@ -912,9 +912,7 @@ static napi_value js_uring_submit_range(napi_env env, napi_callback_info info) {
   uring_slot *s =
       slot_arg(env, argv, "uringEngineSubmitRange", IO_PUNCH_HOLE, IO_BLKZEROOUT, &e, &op, &fd);
   if (!s) return NULL;
-  if (!arg_integer(env, argv[4], "offset", 0, TWO_POW_53, &offset)) return NULL;
-  // Length 0 goes to the kernel as is (fallocate answers EINVAL).
-  if (!arg_integer(env, argv[5], "length", 0, TWO_POW_53, &length)) return NULL;
+  if (!arg_range(env, argv + 4, &offset, &length)) return NULL;
   s->op = op;
   s->fd = fd;
   s->offset = (uint64_t)offset;

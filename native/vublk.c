@@ -973,9 +973,7 @@ static napi_value js_io_engine_submit_range(napi_env env, napi_callback_info inf
   io_slot *s =
       engine_slot_arg(env, argv, "ioEngineSubmitRange", IO_PUNCH_HOLE, IO_BLKZEROOUT, &e, &op, &fd);
   if (!s) return NULL;
-  if (!arg_integer(env, argv[4], "offset", 0, TWO_POW_53, &offset)) return NULL;
-  // Length 0 goes to the kernel as is (fallocate answers EINVAL).
-  if (!arg_integer(env, argv[5], "length", 0, TWO_POW_53, &length)) return NULL;
+  if (!arg_range(env, argv + 4, &offset, &length)) return NULL;
   s->op = op;
   s->fd = fd;
   s->offset = (off_t)offset;
@@ -1008,8 +1006,7 @@ static napi_value js_io_run_range(napi_env env, napi_callback_info info) {
   double op_d, fd_d, offset, length;
   if (!arg_integer(env, argv[0], "op", IO_PUNCH_HOLE, IO_BLKZEROOUT, &op_d)) return NULL;
   if (!arg_integer(env, argv[1], "fd", INT32_MIN, INT32_MAX, &fd_d)) return NULL;
-  if (!arg_integer(env, argv[2], "offset", 0, TWO_POW_53, &offset)) return NULL;
-  if (!arg_integer(env, argv[3], "length", 0, TWO_POW_53, &length)) return NULL;
+  if (!arg_range(env, argv + 2, &offset, &length)) return NULL;
   napi_value out;
   NAPI_OK(env, napi_create_int64(env, io_run((int)op_d, (int)fd_d, (off_t)offset, (uint64_t)length, NULL, 0), &out));
   return out;
