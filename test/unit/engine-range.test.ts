@@ -11,6 +11,7 @@ import { CompletionHandler, StorageEngine } from '../../src/storage/engine';
 import { InlineEngine } from '../../src/storage/inline';
 import { ThreadPoolEngine } from '../../src/storage/threadpool';
 import { UringEngine } from '../../src/storage/uring';
+import { OpenFiles } from '../support/open-files';
 import { waitFor } from '../support/wait';
 
 const ERRNO = os.constants.errno;
@@ -40,12 +41,8 @@ for (const [engineName, makeEngine] of ENGINES) {
     let dir = '';
     let engine: StorageEngine;
     let waiters = new Map<number, (r: number) => void>();
-    let fds: number[] = [];
-    const open = (file: string, flags: string | number): number => {
-      const fd = fs.openSync(file, flags);
-      fds.push(fd);
-      return fd;
-    };
+    const files = new OpenFiles();
+    const open = (file: string, flags: string | number): number => files.open(file, flags);
 
     beforeEach(() => {
       dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-range-'));
@@ -61,8 +58,7 @@ for (const [engineName, makeEngine] of ENGINES) {
     afterEach(async () => {
       await waitFor('requests to drain', () => engine.inFlight() === 0);
       engine.close();
-      for (const fd of fds) fs.closeSync(fd);
-      fds = [];
+      files.closeAll();
       fs.rmSync(dir, { recursive: true, force: true });
     });
 

@@ -19,6 +19,7 @@ import { InlineEngine } from '../../src/storage/inline';
 import { ThreadPoolEngine } from '../../src/storage/threadpool';
 import { UringEngine } from '../../src/storage/uring';
 import { LOG_LEVEL_VALUES, Logger, setLogSink } from '../../src/util/log';
+import { OpenFiles } from '../support/open-files';
 import { findLogs, parseLogRecords } from '../support/logs';
 import { sleep, waitFor } from '../support/wait';
 
@@ -94,12 +95,8 @@ for (const [engineName, makeEngine] of ENGINES) {
     let guest: GuestMemory;
     let done: Completions;
     let engine: StorageEngine;
-    let fds: number[] = [];
-    const open = (file: string, flags: string | number): number => {
-      const fd = fs.openSync(file, flags);
-      fds.push(fd);
-      return fd;
-    };
+    const files = new OpenFiles();
+    const open = (file: string, flags: string | number): number => files.open(file, flags);
 
     beforeEach(() => {
       dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-engine-'));
@@ -112,8 +109,7 @@ for (const [engineName, makeEngine] of ENGINES) {
     afterEach(async () => {
       await waitFor('requests to drain', () => engine.inFlight() === 0);
       engine.close();
-      for (const fd of fds) fs.closeSync(fd);
-      fds = [];
+      files.closeAll();
       guest.close();
       fs.rmSync(dir, { recursive: true, force: true });
     });
@@ -228,12 +224,8 @@ describe('io_uring engine', () => {
   let dir = '';
   let guest: GuestMemory;
   let handles: UringEngineHandle[] = [];
-  let fds: number[] = [];
-  const open = (file: string, flags: string | number): number => {
-    const fd = fs.openSync(file, flags);
-    fds.push(fd);
-    return fd;
-  };
+  const files = new OpenFiles();
+  const open = (file: string, flags: string | number): number => files.open(file, flags);
   const create = (slots: number, maxIov: number, entries: number, cb: CompletionHandler, flags?: number): UringEngineHandle => {
     const h = native.uringEngineCreate(slots, maxIov, entries, cb, flags);
     handles.push(h);
@@ -251,8 +243,7 @@ describe('io_uring engine', () => {
       native.uringEngineDestroy(h);
     }
     handles = [];
-    for (const fd of fds) fs.closeSync(fd);
-    fds = [];
+    files.closeAll();
     guest.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
