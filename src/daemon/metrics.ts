@@ -109,19 +109,23 @@ function externalHistogram(name: string, help: string, read: () => Array<{ label
   };
 }
 
+export interface DaemonRegistry {
+  readonly registry: Registry;
+  /** One scrape: the shared counters are read once, then every metric reports from that snapshot. */
+  scrape(): Promise<string>;
+}
+
 /** The Prometheus registry of a daemon: everything is read from the shared counters at scrape time. */
-export function createRegistry(daemon: Daemon): Registry {
+export function createRegistry(daemon: Daemon): DaemonRegistry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'vublk_' });
-  let snapshot: DaemonStats | undefined;
-  // One snapshot per scrape, shared by the metrics below (the first collect() takes it).
-  const stats = (): DaemonStats => (snapshot ??= collectStats(daemon));
+  let snapshot: DaemonStats = { exports: [], iothreads: [] };
+  const stats = (): DaemonStats => snapshot;
   const perQueue = (fn: (e: ExportStats, q: QueueStats) => void): void => { for (const e of stats().exports) for (const q of e.queues) fn(e, q); };
   const ql = (e: ExportStats, q: QueueStats): Labels => ({ export: e.id, queue: String(q.queue) });
   new Counter({
     name: 'vublk_requests_total', help: 'virtio-blk requests completed, by type', labelNames: ['export', 'queue', 'type'], registers: [registry],
     collect() {
-      snapshot = undefined;
       this.reset();
       perQueue((e, q) => { for (const k of KIND_NAMES) if (q.requests[k] > 0) this.inc({ ...ql(e, q), type: k }, q.requests[k]); });
     },
@@ -171,7 +175,13 @@ export function createRegistry(daemon: Daemon): Registry {
       for (const t of stats().iothreads) this.inc({ iothread: t.id }, t['cpu-seconds']);
     },
   });
-  return registry;
+  return {
+    registry,
+    scrape: () => {
+      snapshot = collectStats(daemon);
+      return registry.metrics();
+    },
+  };
 }
 
 /** Serve GET /metrics on ADDR:PORT; resolves to the bound port. */
@@ -179,13 +189,13 @@ export async function startMetricsServer(addr: string, daemon: Daemon, log: Logg
   const colon = addr.lastIndexOf(':');
   const host = addr.slice(0, colon).replace(/^\[(.*)\]$/, '$1');
   const port = Number(addr.slice(colon + 1));
-  const registry = createRegistry(daemon);
+  const { registry, scrape } = createRegistry(daemon);
   const server = http.createServer((req, res) => {
     if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('try /metrics\n');
       return;
     }
-    registry.metrics().then((text) => {
+    scrape().then((text) => {
       res.writeHead(200, { 'content-type': registry.contentType }).end(text);
     }, (e: Error) => {
       res.writeHead(500, { 'content-type': 'text/plain' }).end(`${e.message}\n`);
