@@ -132,6 +132,25 @@ bool arg_function(napi_env env, napi_value v, const char *name) {
   return true;
 }
 
+// A Float64Array of at least `min_len` elements whose storage the caller keeps
+// using after this call (it holds a reference; the buffer must not be transferred).
+bool arg_float64_array(napi_env env, napi_value v, const char *name, size_t min_len, double **data) {
+  bool is_ta = false;
+  NAPI_OK_B(env, napi_is_typedarray(env, v, &is_ta));
+  napi_typedarray_type type;
+  size_t len = 0;
+  void *p = NULL;
+  if (is_ta) NAPI_OK_B(env, napi_get_typedarray_info(env, v, &type, &len, &p, NULL, NULL));
+  if (!is_ta || type != napi_float64_array) return (throw_type(env, "%s must be a Float64Array", name), false);
+  if (len < min_len) {
+    char message[96];
+    snprintf(message, sizeof message, "%s must hold at least %zu elements", name, min_len);
+    return (throw_range(env, message), false);
+  }
+  *data = p;
+  return true;
+}
+
 // Byte window [offset, offset+length) of a Uint8Array (Buffer included).
 bool arg_byte_window(napi_env env, napi_value buf, napi_value off_v, napi_value len_v,
                             bool allow_empty, uint8_t **base, size_t *length) {

@@ -75,6 +75,7 @@ bool arg_integer(napi_env env, napi_value v, const char *name, double min, doubl
 bool arg_int32(napi_env env, napi_value v, const char *name, int32_t min, int32_t max, int32_t *out);
 bool arg_fd(napi_env env, napi_value v, int *fd);
 bool arg_function(napi_env env, napi_value v, const char *name);
+bool arg_float64_array(napi_env env, napi_value v, const char *name, size_t min_len, double **data);
 bool arg_byte_window(napi_env env, napi_value buf, napi_value off_v, napi_value len_v, bool allow_empty, uint8_t **base, size_t *length);
 bool arg_cstring(napi_env env, napi_value v, const char *name, char *buf, size_t bufsize, size_t *len, bool *too_long);
 bool unwrap_tagged(napi_env env, napi_value v, const napi_type_tag *tag, const char *what, void **out);

@@ -224,14 +224,16 @@ typedef struct {
 } uring_slot;
 
 typedef struct {
-  uint64_t enters, submitted, cqes, completed, wakeups, idle_wakeups, requeues, auto_flushes;
+  uint64_t enters, submitted, cqes, completed, wakeups, idle_wakeups, requeues, auto_flushes,
+      flush_deliveries;
 } uring_stats;
 
 struct uring_engine {
   napi_env env;
   uv_loop_t *loop;
   uv_poll_t poll;  // on event_fd
-  napi_ref callback;
+  napi_ref callback;  // onCompletions(count)
+  napi_ref done_ref;  // the Float64Array behind `done`, kept alive
   napi_ref self;  // weak, made strong while requests are in flight
   napi_async_context async_ctx;
   napi_async_cleanup_hook_handle hook;
@@ -241,6 +243,11 @@ struct uring_engine {
   struct iovec *iov_pool;
   uint32_t *failed;  // slots whose submission failed, completed on the next wakeup (2 * nslots)
   uint32_t nfailed;
+  // Finished requests not yet told to JS: (slot, result) pairs, handed over in
+  // one call per delivery. A slot appears at most once: it is free only once
+  // finished, and JS (which alone resubmits it) runs only after the handover.
+  double *done;
+  uint32_t ndone;
   uint32_t nslots;
   uint32_t max_iov;
   uint32_t in_flight;       // busy slots: queued, on the ring, on the pool or failed
@@ -294,10 +301,14 @@ static void engine_release(uring_engine *e) {
   e->released = true;
   if (!e->env_gone) {
     if (e->callback) napi_delete_reference(e->env, e->callback);
+    if (e->done_ref) napi_delete_reference(e->env, e->done_ref);
     if (e->self) napi_delete_reference(e->env, e->self);
     if (e->async_ctx) napi_async_destroy(e->env, e->async_ctx);
   }
   e->callback = NULL;
+  e->done_ref = NULL;
+  e->done = NULL;
+  e->ndone = 0;
   e->self = NULL;
   e->async_ctx = NULL;
   e->pinned = false;
@@ -452,22 +463,32 @@ static void slot_queue(uring_engine *e, uring_slot *s) {
   e->ring.sq_tail++;
 }
 
-// The request in `s` is over: free the slot (so the callback may reuse it) and
-// tell JS.
+// The request in `s` is over: free the slot (so JS may reuse it) and list it
+// for the next handover.
 static void slot_finish(uring_engine *e, uring_slot *s, int64_t result) {
   s->busy = false;
   e->in_flight--;
   e->stats.completed++;
   if (e->released || e->tearing_down) return;
+  e->done[2 * e->ndone] = s->index;
+  e->done[2 * e->ndone + 1] = (double)result;
+  e->ndone++;
+}
+
+// Tells JS about the finished requests: one call for the lot, which is where
+// the cost of entering JS from here goes (rather than once per request).
+static void done_handover(uring_engine *e) {
+  uint32_t n = e->ndone;
+  if (n == 0 || e->released || e->tearing_down) return;
+  e->ndone = 0;
   napi_env env = e->env;
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
-  napi_value fn, self, argv[2];
+  napi_value fn, self, argv[1];
   if (napi_get_reference_value(env, e->callback, &fn) == napi_ok && fn != NULL &&
       napi_get_reference_value(env, e->self, &self) == napi_ok && self != NULL &&
-      napi_create_uint32(env, s->index, &argv[0]) == napi_ok &&
-      napi_create_int64(env, result, &argv[1]) == napi_ok)
-    invoke_js(env, e->async_ctx, self, fn, 2, argv);
+      napi_create_uint32(env, n, &argv[0]) == napi_ok)
+    invoke_js(env, e->async_ctx, self, fn, 1, argv);
   napi_close_handle_scope(env, scope);
 }
 
@@ -516,11 +537,10 @@ static void cqe_complete(uring_engine *e, uint64_t user_data, int32_t res) {
   slot_finish(e, s, s->done);
 }
 
-// Consumes the CQEs present on entry; returns how many. Not more: callbacks
-// that submit reads served from the page cache get CQEs posted while we run,
-// and chasing those would keep the loop from everything else (the caller
-// comes back for them). Stops early if a callback destroyed the engine (the
-// ring is unmapped then).
+// Consumes the CQEs present on entry; returns how many. Not more: the caller
+// hands the finished requests to JS, which submits reads that the page cache
+// serves at once, and chasing their CQEs would keep the loop from everything
+// else (the caller comes back for them).
 static uint32_t cq_drain(uring_engine *e) {
   uring *r = &e->ring;
   uint32_t head = *r->cq_khead;  // only we write it
@@ -530,29 +550,22 @@ static uint32_t cq_drain(uring_engine *e) {
     const struct io_uring_cqe *cqe = &r->cqes[head & r->cq_mask];
     uint64_t user_data = cqe->user_data;
     int32_t res = cqe->res;
-    // Hand the entry back before running JS, which may submit more.
     __atomic_store_n(r->cq_khead, ++head, __ATOMIC_RELEASE);
     seen++;
     e->stats.cqes++;
     cqe_complete(e, user_data, res);
-    if (e->released) break;
   }
   return seen;
 }
 
-// Completes the requests whose submission failed. Only those listed on entry:
-// a callback may resubmit and fail again, which appends (hence room for
-// 2 * nslots entries: the ones being delivered plus one per busy slot); the
-// newcomers wait for the next round, so a failing ring cannot trap us here.
+// Completes the requests whose submission failed. JS, told afterwards, may
+// resubmit and fail again: those wait for the next round, so a failing ring
+// cannot trap us here. (Room for 2 * nslots entries, should a flush from
+// outside a delivery fail while some wait here.)
 static uint32_t failed_drain(uring_engine *e) {
   uint32_t n = e->nfailed;
-  for (uint32_t i = 0; i < n; i++) {
-    uring_slot *s = &e->slots[e->failed[i]];
-    slot_finish(e, s, s->result);
-    if (e->released) return n;
-  }
-  e->nfailed -= n;
-  memmove(e->failed, e->failed + n, e->nfailed * sizeof e->failed[0]);
+  for (uint32_t i = 0; i < n; i++) slot_finish(e, &e->slots[e->failed[i]], e->slots[e->failed[i]].result);
+  e->nfailed = 0;
   return n;
 }
 
@@ -625,10 +638,18 @@ static void engine_reap(uring_engine *e) {
       return;
     }
     cq_drain(e);
-    if (e->released) return;
     failed_drain(e);
-    if (e->released) return;
+    done_handover(e);
+    if (e->released) return;  // destroyed by JS: the ring is unmapped
   }
+}
+
+// Delivers what is complete and issues what the callbacks queued.
+static void engine_deliver(uring_engine *e) {
+  e->delivering = true;
+  engine_reap(e);
+  engine_settle(e);
+  e->delivering = false;
 }
 
 static void engine_on_poll(uv_poll_t *h, int status, int events) {
@@ -638,11 +659,8 @@ static void engine_on_poll(uv_poll_t *h, int status, int events) {
   if (e->released) return;
   e->stats.wakeups++;
   uint64_t before = e->stats.cqes + e->stats.completed;
-  e->delivering = true;
-  engine_reap(e);
+  engine_deliver(e);
   if (e->stats.cqes + e->stats.completed == before) e->stats.idle_wakeups++;
-  engine_settle(e);
-  e->delivering = false;
 }
 
 // Pool side of BLKDISCARD/BLKZEROOUT: touches only its own slot.
@@ -656,6 +674,7 @@ static void range_after(uv_work_t *req, int status) {
   uring_engine *e = s->engine;
   e->delivering = true;
   slot_finish(e, s, status == UV_ECANCELED ? -ECANCELED : s->result);
+  done_handover(e);
   // Counted down only now: the slot memory must outlive the callback, which
   // may destroy the engine (s itself may already be resubmitted; not touched).
   e->pool_in_flight--;
@@ -743,17 +762,19 @@ static int ring_open_best(uring *r, unsigned entries, unsigned cq_min, bool expl
 }
 
 static napi_value js_uring_create(napi_env env, napi_callback_info info) {
-  ARGS(5);
+  ARGS(6);
   double nslots, max_iov, entries, flags_d = 0;
   if (!arg_integer(env, argv[0], "slots", 1, MAX_SLOTS, &nslots)) return NULL;
   if (!arg_integer(env, argv[1], "maxIov", 1, MAX_IOV, &max_iov)) return NULL;
   if (!arg_integer(env, argv[2], "entries", 1, URING_MAX_ENTRIES, &entries)) return NULL;
-  if (!arg_function(env, argv[3], "onComplete")) return NULL;
+  double *done;
+  if (!arg_float64_array(env, argv[3], "completions", 2 * (size_t)nslots, &done)) return NULL;
+  if (!arg_function(env, argv[4], "onCompletions")) return NULL;
   napi_valuetype t;
-  NAPI_OK(env, napi_typeof(env, argv[4], &t));
+  NAPI_OK(env, napi_typeof(env, argv[5], &t));
   bool explicit_flags = t != napi_undefined;
   if (explicit_flags) {
-    if (!arg_integer(env, argv[4], "setupFlags", 0, UINT32_MAX, &flags_d)) return NULL;
+    if (!arg_integer(env, argv[5], "setupFlags", 0, UINT32_MAX, &flags_d)) return NULL;
     if ((uint32_t)flags_d & ~(uint32_t)URING_USER_FLAGS)
       return throw_range(env, "setupFlags may only hold COOP_TASKRUN, TASKRUN_FLAG, "
                               "SINGLE_ISSUER and DEFER_TASKRUN");
@@ -813,6 +834,7 @@ static napi_value js_uring_create(napi_env env, napi_callback_info info) {
   e->loop = loop;
   e->nslots = (uint32_t)nslots;
   e->max_iov = (uint32_t)max_iov;
+  e->done = done;
   for (uint32_t i = 0; i < e->nslots; i++) {
     e->slots[i].engine = e;
     e->slots[i].index = i;
@@ -841,7 +863,8 @@ static napi_value js_uring_create(napi_env env, napi_callback_info info) {
     return throw_errno(env, "uv_poll_start", -rc);
   }
   if (napi_type_tag_object(env, obj, &URING_TAG) != napi_ok ||
-      napi_create_reference(env, argv[3], 1, &e->callback) != napi_ok ||
+      napi_create_reference(env, argv[4], 1, &e->callback) != napi_ok ||
+      napi_create_reference(env, argv[3], 1, &e->done_ref) != napi_ok ||
       napi_create_reference(env, obj, 0, &e->self) != napi_ok ||
       napi_async_init(env, NULL, name, &e->async_ctx) != napi_ok ||
       napi_add_async_cleanup_hook(env, engine_teardown, e, &e->hook) != napi_ok) {
@@ -940,7 +963,19 @@ static napi_value js_uring_flush(napi_env env, napi_callback_info info) {
   uring_engine *e;
   if (!unwrap_engine(env, argv[0], &e)) return NULL;
   if (e->released) return uring_destroyed(env, "uringEngineFlush");
-  return make_int(env, ring_submit(e, 0, true));
+  uint32_t issued = ring_submit(e, 0, true);
+  // Reads served from the page cache complete inside that io_uring_enter.
+  // Deliver them now, as the end of the caller's batch, instead of after a
+  // wakeup on a later turn of the loop: the caller publishes them at once, and
+  // the guest can refill the ring while we go on. Not from inside a delivery
+  // (a callback that flushes): that one drains the CQ itself. A batch the
+  // kernel refused still completes from the loop (sq_fail_pending).
+  if (!e->delivering && !e->released &&
+      *e->ring.cq_khead != __atomic_load_n(e->ring.cq_ktail, __ATOMIC_ACQUIRE)) {
+    e->stats.flush_deliveries++;
+    engine_deliver(e);
+  }
+  return make_int(env, issued);
 }
 
 static napi_value js_uring_in_flight(napi_env env, napi_callback_info info) {
@@ -965,6 +1000,7 @@ static napi_value js_uring_stats(napi_env env, napi_callback_info info) {
       !set_number_property(env, obj, "idleWakeups", (double)st->idle_wakeups) ||
       !set_number_property(env, obj, "requeues", (double)st->requeues) ||
       !set_number_property(env, obj, "autoFlushes", (double)st->auto_flushes) ||
+      !set_number_property(env, obj, "flushDeliveries", (double)st->flush_deliveries) ||
       !set_number_property(env, obj, "queued", e->released ? 0 : (double)sq_pending(&e->ring)) ||
       !set_number_property(env, obj, "sqEntries", (double)e->ring.sq_entries) ||
       !set_number_property(env, obj, "cqEntries", (double)e->ring.cq_entries) ||

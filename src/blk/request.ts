@@ -7,6 +7,7 @@
 // Nothing here allocates per request: per-head state lives in typed arrays sized
 // by the queue, multi-step requests (bounced chunks, discard segments, the data
 // sync of write-through) resubmit on the same engine slot from the completion.
+import { performance } from 'node:perf_hooks';
 import { GuestMemory, WINDOW_OVERLAP } from '../memory/guest-memory';
 import {
   IO_BLKDISCARD, IO_BLKZEROOUT, IO_FLUSH, IO_OP_NAMES, IO_PUNCH_HOLE, IO_READ, IO_WRITE, IO_ZERO_RANGE, StorageEngine,

@@ -57,6 +57,8 @@ export interface UringStats {
   requeues: number;
   /** Flushes forced by a full SQ inside a submit call. */
   autoFlushes: number;
+  /** Flushes that found requests already complete (served from the page cache) and delivered them at once. */
+  flushDeliveries: number;
   /** SQEs queued and not yet issued. */
   queued: number;
   sqEntries: number;
@@ -190,15 +192,21 @@ export interface NativeAddon {
   /**
    * An io_uring engine: one ring with an SQ of `entries` (1..32768, rounded up to a power of two)
    * and a CQ of at least max(slots, 2 * entries), so completions can never overflow. Same slots,
-   * iovecs, results and callback rules as ioEngineCreate: `onComplete(slot, result)` runs on the
-   * creating thread's loop, result is bytes transferred (short transfers are resubmitted for the
+   * iovecs and results as ioEngineCreate, completions on the creating thread (below); a result
+   * is bytes transferred (short transfers are resubmitted for the
    * remainder, so reads stop early only at end of file; -EAGAIN/-EINTR are retried up to 1000
    * times) or -errno. Use an engine only on the thread that created it (one per iothread).
    *
    * Submissions are queued and issued together by uringEngineFlush() (one io_uring_enter per
-   * batch) or automatically when the SQ is full. Requests queued from inside onComplete are
-   * also issued when that round of completions ends, so a callback need not flush. onComplete
-   * never runs inside a submit or flush call. The fd must stay open until the request is issued.
+   * batch) or automatically when the SQ is full. Requests queued from inside onCompletions are
+   * also issued when that round of completions ends, so a callback need not flush.
+   *
+   * Finished requests are handed over in batches: `completions` (at least 2 * slots elements,
+   * never transferred) receives (slot, result) pairs and `onCompletions(count)` says how many
+   * pairs to read from its start, once per round instead of once per request. It runs from the
+   * loop, and also inside uringEngineFlush() when the batch just issued completed at once
+   * (reads served from the page cache) — never inside a submit call, nor inside a flush made
+   * from onCompletions. The fd must stay open until the request is issued.
    *
    * Completions: the ring signals an eventfd watched on the loop; each wakeup drains the CQ.
    * By default the ring runs with SINGLE_ISSUER | COOP_TASKRUN (no IPI into a thread busy with
@@ -217,8 +225,8 @@ export interface NativeAddon {
    * io_uring, or no READV/WRITEV/FSYNC/FALLOCATE opcodes: kernels before 5.6), EPERM
    * (kernel.io_uring_disabled, seccomp), ENOMEM (locked-memory limit on old kernels), ...
    */
-  uringEngineCreate(slots: number, maxIov: number, entries: number,
-                    onComplete: (slot: number, result: number) => void, setupFlags?: number): UringEngineHandle;
+  uringEngineCreate(slots: number, maxIov: number, entries: number, completions: Float64Array,
+                    onCompletions: (count: number) => void, setupFlags?: number): UringEngineHandle;
   /** Queue IO_READ / IO_WRITE / IO_FLUSH (fdatasync) in `slot`, as ioEngineSubmit. Not issued until flushed. */
   uringEngineSubmit(engine: UringEngineHandle, slot: number, op: number, fd: number, offset: number,
                     iov: Float64Array, iovCount: number): void;

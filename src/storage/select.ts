@@ -31,7 +31,7 @@ export function probeUring(sysctlPath = IO_URING_SYSCTL): UringAvailability {
   }
   if (disabled === '2') return { ok: false, reason: 'disabled by sysctl kernel.io_uring_disabled=2' };
   try {
-    const h = native.uringEngineCreate(1, 1, 1, () => undefined);
+    const h = native.uringEngineCreate(1, 1, 1, new Float64Array(2), () => undefined);
     native.uringEngineDestroy(h);
     return { ok: true };
   } catch (err) {

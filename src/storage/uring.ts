@@ -24,7 +24,11 @@ export class UringEngine implements StorageEngine {
   /** Throws (code ENOSYS, EPERM, ...) when io_uring is unavailable. */
   constructor(slots: number, onComplete: CompletionHandler, options: UringOptions = {}) {
     const entries = options.entries ?? Math.min(URING_DEFAULT_ENTRIES, slots);
-    this.handle = native.uringEngineCreate(slots, URING_MAX_IOV, entries, onComplete, options.setupFlags);
+    const done = new Float64Array(2 * slots);
+    const onCompletions = (count: number): void => {
+      for (let i = 0; i < 2 * count; i += 2) onComplete(done[i], done[i + 1]);
+    };
+    this.handle = native.uringEngineCreate(slots, URING_MAX_IOV, entries, done, onCompletions, options.setupFlags);
   }
 
   submit(slot: number, op: number, fd: number, offset: number, iov: Float64Array, iovCount: number): void {
@@ -35,7 +39,7 @@ export class UringEngine implements StorageEngine {
     native.uringEngineSubmitRange(this.handle!, slot, op, fd, offset, length);
   }
 
-  /** Issues the queued batch with one io_uring_enter. */
+  /** Issues the queued batch with one io_uring_enter; requests that completed at once are delivered before it returns. */
   flush(): void {
     native.uringEngineFlush(this.handle!);
   }

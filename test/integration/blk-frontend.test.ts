@@ -16,6 +16,7 @@ import {
 } from '../../src/frontend';
 import { createImage } from '../support/disk-scenario';
 import { ServerProcess, startVublkWithArgs } from '../support/servers';
+import { processStopped, waitFor } from '../support/wait';
 
 const IMAGE_SIZE = 16 << 20;
 const SERIAL = 'vublk-fe-serial-01';
@@ -369,6 +370,8 @@ describe('BlkFrontend against vublk serve', function () {
         assert.equal((await fe.read(0, 0, 512)).status, VIRTIO_BLK_S_OK);
         // Stopped first, so the request is surely still in flight when the server dies.
         own.proc.kill('SIGSTOP');
+        // The signal is only queued by kill(): wait until every thread has stopped.
+        await waitFor('the server to stop', () => processStopped(own.proc.pid!));
         const pending = fe.read(0, 0, 512);
         await new Promise((r) => setTimeout(r, 100));
         own.proc.kill('SIGKILL');
