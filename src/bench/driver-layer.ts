@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { BlkFrontend } from '../frontend';
 import { openCpuWindow } from './cpu';
 import { Measure, startLoad } from './driver';
-import { Op, ServerDef, ServerId, StorageId, serverArgs, serverDef, workloadLabel, workloads } from './matrix';
+import { Op, SCALING, ServerDef, ServerId, StorageId, serverArgs, serverDef, workloadLabel, workloads } from './matrix';
 import { Plan, serversFor } from './options';
 import { DriverRow, RunResult, StorageInfo, summarize } from './report';
 import { warmImage } from './images';
@@ -38,9 +38,11 @@ interface Cell {
   op: Op | 'getid';
   qd: number;
   queues: number;
+  /** Set for the scaling runs (kept apart from the matrix's, even with one iothread). */
+  iothreads?: number;
 }
 
-const cellKey = (c: Cell): string => `${c.storage}|${c.server}|${c.op}|${c.qd}|${c.queues}`;
+const cellKey = (c: Cell): string => `${c.storage}|${c.server}|${c.op}|${c.qd}|${c.queues}|${c.iothreads ?? '-'}`;
 
 /** One measured run over a fresh connection to a running server. */
 async function measure(socket: string, serverPid: number, c: Cell, plan: Plan, round: number): Promise<RunResult> {
@@ -79,12 +81,12 @@ async function measure(socket: string, serverPid: number, c: Cell, plan: Plan, r
   }
 }
 
-/** Start `server` on `storage` with `queues` queues and run `cells` against it. */
+/** Start `server` on `storage` with `queues` queues (on `iothreads` iothreads) and run `cells` against it. */
 async function session(server: ServerDef, storage: StorageInfo, queues: number, cells: Cell[], plan: Plan, round: number,
-  record: (c: Cell, r: RunResult) => void): Promise<void> {
+  record: (c: Cell, r: RunResult) => void, iothreads = 1): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-bench-'));
   const socket = path.join(dir, 'sock');
-  const srv = await startServer(server, serverArgs(server, storage.image, storage.direct, queues, socket), socket);
+  const srv = await startServer(server, serverArgs(server, storage.image, storage.direct, queues, socket, iothreads), socket);
   try {
     for (const c of cells) {
       // Every server starts each workload from the same, warm page cache.
@@ -102,7 +104,8 @@ async function session(server: ServerDef, storage: StorageInfo, queues: number, 
 }
 
 function logRun(c: Cell, r: RunResult, round: number, rounds: number, log: (line: string) => void): void {
-  const what = c.op === 'getid' ? `ceiling GET_ID QD${c.qd}, ${c.queues} queue(s)` : `${c.storage} ${workloadLabel({ op: c.op, qd: c.qd, queues: c.queues })}`;
+  let what = c.op === 'getid' ? `ceiling GET_ID QD${c.qd}, ${c.queues} queue(s)` : `${c.storage} ${workloadLabel({ op: c.op, qd: c.qd, queues: c.queues })}`;
+  if (c.iothreads !== undefined) what += ` on ${c.iothreads} iothread(s)`;
   log(`driver round ${round}/${rounds} ${c.server.padEnd(12)} ${what.padEnd(38)} ${(r.iops / 1000).toFixed(1).padStart(7)}k IOPS  ` +
     `p50 ${r.p50Us.toFixed(0).padStart(5)} µs  p99 ${r.p99Us.toFixed(0).padStart(6)} µs  ` +
     `server ${r.serverCpuUsPerIo.toFixed(1).padStart(5)} µs/IO  driver ${r.driverCpuUsPerIo.toFixed(1).padStart(4)} µs/IO  ` +
@@ -119,7 +122,7 @@ export class DriverLayer {
 
   /**
    * One round: the driver ceiling (GET_ID, answered from memory, against vublk on the
-   * first image), then every storage, queue count and server.
+   * first image), then every storage, queue count and server; then the scaling runs.
    */
   async round(round: number): Promise<void> {
     const { plan } = this;
@@ -139,6 +142,14 @@ export class DriverLayer {
       }
     };
     const vublk = serverDef('vublk');
+    if (plan.layers.includes('scaling')) {
+      const storage = this.storages[0];
+      for (const iothreads of [1, SCALING.iothreads]) {
+        const cells = plan.ops.map((op): Cell => ({ storage: storage.id, server: 'vublk', op, qd: SCALING.qd, queues: SCALING.queues, iothreads }));
+        await attempt(`scaling, ${iothreads} iothread(s)`, () => session(vublk, storage, SCALING.queues, cells, plan, round, record, iothreads));
+      }
+    }
+    if (!plan.layers.includes('driver')) return;
     for (const queues of plan.queues) {
       const cells = plan.qds.map((qd): Cell => ({ storage: this.storages[0].id, server: 'vublk', op: 'getid', qd, queues }));
       await attempt(`ceiling, ${queues} queue(s)`, () => session(vublk, this.storages[0], queues, cells, plan, round, record));
@@ -156,12 +167,17 @@ export class DriverLayer {
     }
   }
 
-  result(): { rows: DriverRow[]; ceiling: DriverRow[] } {
+  result(): { rows: DriverRow[]; ceiling: DriverRow[]; scaling: DriverRow[] } {
     const rows: DriverRow[] = [];
     for (const { cell, runs } of this.runs.values()) {
       const iops = runs.map((r) => r.iops);
       rows.push({ ...cell, median: summarize(runs), iopsMin: Math.min(...iops), iopsMax: Math.max(...iops), runs });
     }
-    return { rows: rows.filter((r) => r.op !== 'getid'), ceiling: rows.filter((r) => r.op === 'getid') };
+    const matrix = rows.filter((r) => r.iothreads === undefined);
+    return {
+      rows: matrix.filter((r) => r.op !== 'getid'),
+      ceiling: matrix.filter((r) => r.op === 'getid'),
+      scaling: rows.filter((r) => r.iothreads !== undefined),
+    };
   }
 }

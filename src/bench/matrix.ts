@@ -83,17 +83,27 @@ export const SERVER_BINARY: Record<ServerDef['role'], string> = { vublk: 'bin/vu
 
 /**
  * The arguments (without the binary) both servers get: one file node, one
- * iothread object, one vhost-user-blk export on it.
+ * iothread object, one vhost-user-blk export on it. With more iothreads the
+ * export takes them as a list (QEMU 9's syntax, which qsd 7.2 lacks: only
+ * vublk runs those).
  */
-export function serverArgs(server: ServerDef, image: string, direct: boolean, queues: number | string, socket: string): string[] {
+export function serverArgs(server: ServerDef, image: string, direct: boolean, queues: number | string, socket: string, iothreads = 1): string[] {
   const blockdev = `driver=file,node-name=disk,filename=${image},cache.direct=${direct ? 'on' : 'off'}` +
     (server.aio !== undefined ? `,aio=${server.aio}` : '');
+  const ids = Array.from({ length: iothreads }, (_, i) => `io${i}`);
+  const iothreadKey = iothreads === 1 ? 'iothread=io0' : ids.map((id, i) => `iothread.${i}=${id}`).join(',');
   return [
     '--blockdev', blockdev,
-    '--object', 'iothread,id=io0',
-    '--export', `type=vhost-user-blk,id=e,node-name=disk,addr.type=unix,addr.path=${socket},writable=on,num-queues=${queues},iothread=io0`,
+    ...ids.flatMap((id) => ['--object', `iothread,id=${id}`]),
+    '--export', `type=vhost-user-blk,id=e,node-name=disk,addr.type=unix,addr.path=${socket},writable=on,num-queues=${queues},${iothreadKey}`,
   ];
 }
+
+/**
+ * The scaling check (vublk only): the same 4-queue workload with the queues on
+ * one iothread and spread over two.
+ */
+export const SCALING = { queues: 4, qd: 32, iothreads: 2 } as const;
 
 /** The command line as a reader would type it; queues and socket may be placeholders ($QUEUES). */
 export function displayCommand(server: ServerDef, image: string, direct: boolean, queues: number | string, socket: string): string {

@@ -4,8 +4,9 @@ import {
   Op, SERVERS, STORAGES, ServerId, StorageId, serverDef, serves, storageDef, workloads,
 } from './matrix';
 
-export type Layer = 'driver' | 'guest' | 'host';
-export const LAYERS: readonly Layer[] = ['driver', 'guest', 'host'];
+/** scaling: vublk alone, SCALING's workload on one iothread and on two (the front-end driver again). */
+export type Layer = 'driver' | 'scaling' | 'guest' | 'host';
+export const LAYERS: readonly Layer[] = ['driver', 'scaling', 'guest', 'host'];
 
 export interface Plan {
   layers: Layer[];
@@ -170,6 +171,10 @@ export function estimateSeconds(plan: Plan): Estimate {
       driver += sessions * COSTS.serverSec + sessions * plan.ops.length * plan.qds.length * driverRun;
     }
     driver *= plan.rounds;
+  }
+  if (has('scaling')) {
+    // Two sessions (one and two iothreads) per round on the first storage.
+    driver += plan.rounds * 2 * (COSTS.serverSec + plan.ops.length * driverRun);
   }
   const host = has('host') ? plan.rounds * plan.storages.length * ws.length * (plan.host.durationSec + COSTS.hostRunSec) : 0;
   let guest = 0;

@@ -2,9 +2,9 @@
 // each qsd engine and their ratios, where the CPU went, the driver ceiling
 // and the exact command lines. Pure.
 import { Comparison, Ratio, compareWorkload } from './compare';
-import { ServerDef, ServerId, StorageId, serverDef, serves, storageDef, workloadLabel } from './matrix';
+import { SCALING, ServerDef, ServerId, StorageId, serverDef, serves, storageDef, workloadLabel } from './matrix';
 import {
-  BenchReport, DriverRow, GuestRow, HostRow, NOISY_OTHER_PCT, SATURATED_PCT, StorageInfo, limitOf,
+  BenchReport, DriverRow, GuestRow, HostRow, NOISY_OTHER_PCT, RunFigures, SATURATED_PCT, StorageInfo, limitOf,
 } from './report';
 import { median } from './stats';
 
@@ -201,6 +201,39 @@ function ceilingSection(r: BenchReport): string[] {
   return lines;
 }
 
+/** The target of the performance issue: IOPS with the queues on two iothreads against one. */
+export const SCALING_TARGET = 1.7;
+
+function scalingSection(r: BenchReport): string[] {
+  const rows = r.driver?.scaling ?? [];
+  if (rows.length === 0) return [];
+  const storage = r.storages.find((s) => s.id === rows[0].storage);
+  const lines = [`## Scaling: ${SCALING.queues} queues on 1 and on ${SCALING.iothreads} iothreads`, '',
+    `vublk alone (qemu-storage-daemon 7.2 runs an export on one iothread only), ${storage?.label ?? rows[0].storage}, QD ${SCALING.qd} ` +
+    `per queue, the same front-end driver: the export's ${SCALING.queues} queues on one iothread, then spread round-robin over ` +
+    `${SCALING.iothreads} (\`iothread.0=io0,iothread.1=io1\`). The target is ${SCALING_TARGET}× the IOPS where the driver is not the limit; ` +
+    `with ${r.machine.nproc} CPUs shared by the driver, the iothreads and everything else, the machine's CPU caps it first (see "machine busy").`, ''];
+  const ops = [...new Set(rows.map((x) => x.op))];
+  lines.push(...table(
+    ['workload', 'IOPS, 1 iothread', `IOPS, ${SCALING.iothreads} iothreads`, 'scaling ×', 'server CPU µs/IO (1 / 2)',
+      'server threads (2)', 'driver CPU %', 'machine busy % (1 / 2)', 'limited by (2)'],
+    'lrrrrlrrl',
+    ops.map((op) => {
+      const one = rows.find((x) => x.op === op && x.iothreads === 1);
+      const two = rows.find((x) => x.op === op && x.iothreads === SCALING.iothreads);
+      const f = (x: DriverRow | undefined, g: (m: RunFigures) => string): string => (x === undefined ? '-' : g(x.median));
+      return [workloadLabel({ op, qd: SCALING.qd, queues: SCALING.queues }), f(one, (m) => kiops(m.iops)), f(two, (m) => kiops(m.iops)),
+        one !== undefined && two !== undefined ? times(two.median.iops / one.median.iops) : '-',
+        `${f(one, (m) => fmt(m.serverCpuUsPerIo, 1))} / ${f(two, (m) => fmt(m.serverCpuUsPerIo, 1))}`,
+        two === undefined ? '-' : medianRun(two.runs)?.serverThreads ?? '-', f(two, (m) => fmt(m.driverCpuPct)),
+        `${f(one, (m) => fmt(m.machineBusyPct))} / ${f(two, (m) => fmt(m.machineBusyPct))}`,
+        f(two, (m) => limitOf(m, r.machine.nproc))];
+    }),
+  ));
+  lines.push('');
+  return lines;
+}
+
 /** The run whose IOPS is the median (the lower middle one for an even count). */
 function medianRun<T extends { iops: number }>(runs: readonly T[]): T | undefined {
   const sorted = [...runs].sort((a, b) => a.iops - b.iops);
@@ -332,6 +365,7 @@ export function renderMarkdown(r: BenchReport, names: RenderNames): string {
     }
     lines.push(...ceilingSection(r), ...cpuSection(r));
   }
+  lines.push(...scalingSection(r));
   if (r.guest !== undefined) {
     lines.push('## 2. Guest', '',
       `fio's IOPS and latency in the guest; server CPU is the server's CPU between the markers the guest prints around fio, ` +

@@ -5,7 +5,7 @@ import { Op, ServerId, StorageId } from './matrix';
 import { median } from './stats';
 
 /** Bumped when the JSON changes shape; --render refuses other versions. */
-export const REPORT_SCHEMA = 2;
+export const REPORT_SCHEMA = 3;
 
 /** Front-end driver layer: figures of one measured interval. */
 export interface RunFigures {
@@ -45,6 +45,8 @@ export interface DriverRow {
   /** Requests in flight per queue. */
   qd: number;
   queues: number;
+  /** Iothreads the export's queues are spread over (the scaling rows); absent: one. */
+  iothreads?: number;
   median: RunFigures;
   iopsMin: number;
   iopsMax: number;
@@ -140,7 +142,8 @@ export interface BenchReport {
   servers: ServerId[];
   /** Server command lines per storage, with $SOCKET and $QUEUES. */
   commands: Array<{ storage: StorageId; server: ServerId; command: string }>;
-  driver?: { rows: DriverRow[]; ceiling: DriverRow[] };
+  /** scaling: vublk's SCALING workload on one iothread and on SCALING.iothreads. */
+  driver?: { rows: DriverRow[]; ceiling: DriverRow[]; scaling: DriverRow[] };
   guest?: { rows: GuestRow[]; qemuCommand: string; fioCommand: string; bootMs: number };
   host?: { rows: HostRow[]; fioCommand: string };
   /** What failed (a server that would not start or exited, fio errors); everything else still ran. */

@@ -114,11 +114,16 @@ describe('iothreads', function () {
       const avail: number = ring.publishedAvailIdx;
       assert.equal(avail, 200 * (round + 1) % 65536 - 200 * round);
       const next: number = await fe!.client.getVringBase(0);
-      assert.equal(next, avail, 'every available request was taken');
-      assert.equal(ring.deviceUsedIdx, avail, 'and every one is in the used ring when the reply arrives');
-      const results = await Promise.all(inflight);
-      for (const r of results) assert.equal(r.status, VIRTIO_BLK_S_OK);
+      // A drain takes 64 requests per turn, so the stop may come before the last ones
+      // were taken: they stay in the ring for whoever starts it next, at `next`.
+      assert.ok(next >= 64 && next <= avail, `next avail index ${next} of ${avail}`);
+      assert.equal(ring.deviceUsedIdx, next, 'every request taken is in the used ring when the reply arrives');
       await fe.disconnect();
+      const results = await Promise.allSettled(inflight);
+      results.forEach((r, i) => {
+        if (i < next) assert.ok(r.status === 'fulfilled' && r.value.status === VIRTIO_BLK_S_OK, `request ${i} completed`);
+        else assert.equal(r.status, 'rejected', `request ${i} was never taken`);
+      });
       fe = await BlkFrontend.connect({ socketPath: s.socketPath, numQueues: 2, queueSize: 256 });
     }
   });

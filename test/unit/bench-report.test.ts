@@ -84,7 +84,14 @@ function report(): BenchReport {
     storages: [{ id: 'tmpfs', label: 'tmpfs, cache.direct=off', image: '/dev/shm/b.img', direct: false, fstype: 'tmpfs', source: 'tmpfs', mountpoint: '/dev/shm' }],
     servers: ['vublk', 'qsd', 'qsd-io_uring'],
     commands: [{ storage: 'tmpfs', server: 'vublk', command: 'bin/vublk --blockdev driver=file,node-name=disk,filename=/dev/shm/b.img,cache.direct=off' }],
-    driver: { rows, ceiling: [driverRow('tmpfs', 'vublk', 'getid', 128, figures(3_000_000, 1, 10, { driverCpuPct: 95 }))] },
+    driver: {
+      rows,
+      ceiling: [driverRow('tmpfs', 'vublk', 'getid', 128, figures(3_000_000, 1, 10, { driverCpuPct: 95 }))],
+      scaling: [
+        { ...driverRow('tmpfs', 'vublk', 'randread', 32, figures(200_000, 4, 300, { machineBusyPct: 70 })), queues: 4, iothreads: 1 },
+        { ...driverRow('tmpfs', 'vublk', 'randread', 32, figures(260_000, 5, 300, { machineBusyPct: 97 })), queues: 4, iothreads: 2 },
+      ],
+    },
     guest: { rows: [guest('vublk', 4000, 40), guest('qsd', 3900, 50), guest('qsd-io_uring', 4100, 45)], qemuCommand: 'qemu-system-x86_64 ...', fioCommand: 'fio --name=guest', bootMs: 6400 },
     host: { rows: [host('randread', 1), host('randread', 32), host('randread', 128), host('randwrite', 32)], fioCommand: 'fio --name=host' },
     failures: [],
@@ -113,6 +120,12 @@ describe('bench: the markdown report', () => {
     // At QD1 the p99 ratio is there, against the lower p99 (qsd's 100 µs).
     assert.match(line('| randread QD1, 1 queue |'), /\| \*\*100\*\* \/ 120 \| 0\.50× \| 20\.0k \|$/);
     assert.match(line('| randwrite QD1, 1 queue |'), /\| - \|$/, 'no host figure for this workload');
+  });
+
+  it('the scaling rows: one iothread against two, their ratio and what bounds them', () => {
+    assert.match(md, /^## Scaling: 4 queues on 1 and on 2 iothreads$/m);
+    assert.equal(line('| randread QD32, 4 queues |'),
+      '| randread QD32, 4 queues | 200.0k | 260.0k | 1.30× | 4.0 / 5.0 | vublk-io0 60% | 30 | 70 / 97 | machine CPU (all 2 cores busy) |');
   });
 
   it('the summary takes the median ratio over the workloads and the guest\'s', () => {
