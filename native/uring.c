@@ -5,8 +5,8 @@
 // from guest-memory iovecs copied into preallocated per-slot storage, queued in
 // the SQ, and issued in one io_uring_enter per batch (uringEngineFlush, or
 // automatically when the SQ is full). Completions come back on the creating
-// thread's loop: the ring signals an eventfd (IORING_REGISTER_EVENTFD), a
-// uv_poll_t wakes us, and the whole CQ is drained into onComplete(slot, result).
+// thread's loop: a uv_poll_t on the ring fd (readable while the CQ holds
+// entries) wakes us, and the whole CQ is handed to JS in one call.
 //
 // No liburing: the three syscalls and the shared-ring protocol of the
 // io_uring ABI are small enough to spell out, and it keeps the build free of
@@ -231,7 +231,8 @@ typedef struct {
 struct uring_engine {
   napi_env env;
   uv_loop_t *loop;
-  uv_poll_t poll;  // on event_fd
+  uv_poll_t poll;     // on event_fd: our own kicks (work left after a wakeup, a refused batch)
+  uv_poll_t cq_poll;  // on the ring fd, readable while the CQ holds entries
   napi_ref callback;  // onCompletions(count)
   napi_ref done_ref;  // the Float64Array behind `done`, kept alive
   napi_ref self;  // weak, made strong while requests are in flight
@@ -256,8 +257,9 @@ struct uring_engine {
   bool pinned;
   bool delivering;  // inside a wakeup or pool completion: SQEs queued now are ours to issue
   bool auto_issue;  // ... and some were queued
-  bool poll_started;
-  bool poll_closed;
+  bool poll_started;  // handles were initialised: they must be closed
+  bool poll_closed;   // ... and all are
+  int polls_open;     // initialised and not yet closed
   bool released;      // destroyed or torn down: no more submissions or callbacks
   bool finished;      // released and nothing left that touches the slots
   bool tearing_down;  // env is going away: finish quietly, never call JS
@@ -286,12 +288,14 @@ static void engine_maybe_finish(uring_engine *e) {
 }
 
 static void engine_poll_closed(uv_handle_t *h) {
-  uring_engine *e = container_of(h, uring_engine, poll);
-  // Only now: libuv may still have had the fd registered.
-  if (e->event_fd >= 0) close(e->event_fd);
-  e->event_fd = -1;
-  e->poll_closed = true;
-  engine_maybe_finish(e);
+  uring_engine *e = h->data;
+  if (--e->polls_open == 0) {
+    // Only now: libuv may still have had the fd registered.
+    if (e->event_fd >= 0) close(e->event_fd);
+    e->event_fd = -1;
+    e->poll_closed = true;
+    engine_maybe_finish(e);
+  }
   engine_unref(e);
 }
 
@@ -312,12 +316,15 @@ static void engine_release(uring_engine *e) {
   e->self = NULL;
   e->async_ctx = NULL;
   e->pinned = false;
-  // Closing the ring fd lets the kernel finish or cancel whatever it still
-  // holds; it no longer needs our memory (SUBMIT_STABLE).
-  ring_close(&e->ring);
+  // The ring fd's handle first: uv_close takes the fd out of epoll at once.
+  // Then closing the ring fd lets the kernel finish or cancel whatever it
+  // still holds; it no longer needs our memory (SUBMIT_STABLE).
   if (e->poll_started) {
+    if (e->polls_open == 2) uv_close((uv_handle_t *)&e->cq_poll, engine_poll_closed);
     uv_close((uv_handle_t *)&e->poll, engine_poll_closed);
-  } else {
+  }
+  ring_close(&e->ring);
+  if (!e->poll_started) {
     if (e->event_fd >= 0) close(e->event_fd);
     e->event_fd = -1;
     e->poll_closed = true;
@@ -332,6 +339,7 @@ static napi_status engine_pin_for_request(napi_env env, uring_engine *e) {
   napi_status st = napi_reference_ref(env, e->self, NULL);
   if (st != napi_ok) return st;
   e->pinned = true;
+  uv_ref((uv_handle_t *)&e->cq_poll);  // requests pin only engines whose handles both started
   uv_ref((uv_handle_t *)&e->poll);
   return napi_ok;
 }
@@ -340,6 +348,7 @@ static napi_status engine_pin_for_request(napi_env env, uring_engine *e) {
 static void engine_unpin_if_idle(uring_engine *e) {
   if (e->in_flight > 0 || !e->pinned || e->released) return;
   e->pinned = false;
+  uv_unref((uv_handle_t *)&e->cq_poll);
   uv_unref((uv_handle_t *)&e->poll);
   napi_reference_unref(e->env, e->self, NULL);
 }
@@ -606,14 +615,11 @@ static void eventfd_reset(uring_engine *e) {
 // starve the rest of the loop. If work is left then, the engine kicks its own
 // eventfd and carries on in the next loop iteration.
 //
-// The eventfd is reset before the CQ is looked at, so anything posted later
-// signals again. It is reset again after any io_uring_enter of ours that
-// posted CQEs (deferred completion work run by GETEVENTS, requests that
-// completed inline while being submitted): the kernel signals the eventfd for
-// those too, and we drain them in this same wakeup, so leaving the signal
-// would only buy an empty wakeup. Work deferred after an enter is not missed:
-// the kernel sets IORING_SQ_TASKRUN before it signals, and every round checks
-// the flag.
+// The loop watches the ring fd itself, which is readable exactly while the CQ
+// holds entries (or deferred completion work waits): draining the CQ is what
+// quiets it, so there is no eventfd to reset per wakeup. Work deferred after
+// an enter is not missed: the kernel sets IORING_SQ_TASKRUN, every round
+// checks the flag, and the fd stays readable meanwhile.
 static void engine_reap(uring_engine *e) {
   for (int round = 0;; round++) {
     uring *r = &e->ring;
@@ -626,9 +632,7 @@ static void engine_reap(uring_engine *e) {
       engine_kick(e);
       return;
     }
-    uint32_t tail = __atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE);
     if (entered) ring_submit(e, getevents ? IORING_ENTER_GETEVENTS : 0, issue);
-    if (round == 0 || __atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE) != tail) eventfd_reset(e);
     if (*r->cq_khead == __atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE) && e->nfailed == 0) {
       if (!entered) return;
       continue;  // a submit-only enter: check the flags once more
@@ -655,8 +659,9 @@ static void engine_deliver(uring_engine *e) {
 static void engine_on_poll(uv_poll_t *h, int status, int events) {
   (void)status;
   (void)events;
-  uring_engine *e = container_of(h, uring_engine, poll);
+  uring_engine *e = h->data;
   if (e->released) return;
+  if (h == &e->poll) eventfd_reset(e);  // our own kick; anything later kicks again
   e->stats.wakeups++;
   uint64_t before = e->stats.cqes + e->stats.completed;
   engine_deliver(e);
@@ -816,7 +821,9 @@ static napi_value js_uring_create(napi_env env, napi_callback_info info) {
     e->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (e->event_fd < 0) rc = -errno;
   }
-  if (rc == 0) {
+  if (rc == 0 && (e->ring.flags & IORING_SETUP_DEFER_TASKRUN)) {
+    // Deferred completion work does not make the ring fd readable: the
+    // kernel announces it only through a registered eventfd.
     syscall_name = "io_uring_register";
     if (sys_register(e->ring.fd, IORING_REGISTER_EVENTFD, &e->event_fd, 1) < 0) rc = -errno;
   }
@@ -850,13 +857,23 @@ static napi_value js_uring_create(napi_env env, napi_callback_info info) {
     return napi_failure(env);
   }
   e->owners = 1;  // the wrapper
+  // From the first handle on, release closes what was initialised (polls_open).
   rc = uv_poll_init(loop, &e->poll, e->event_fd);
   if (rc == 0) {
-    e->poll_started = true;  // from here on the handle must be closed
+    e->poll_started = true;
+    e->polls_open = 1;
     e->owners++;
+    e->poll.data = e;
+    uv_unref((uv_handle_t *)&e->poll);  // the loop is kept alive only while requests are in flight (engine_pin)
+    rc = uv_poll_init(loop, &e->cq_poll, e->ring.fd);
+  }
+  if (rc == 0) {
+    e->polls_open = 2;
+    e->owners++;
+    e->cq_poll.data = e;
+    uv_unref((uv_handle_t *)&e->cq_poll);
     rc = uv_poll_start(&e->poll, UV_READABLE, engine_on_poll);
-    // Keeps the loop alive only while requests are in flight (engine_pin).
-    uv_unref((uv_handle_t *)&e->poll);
+    if (rc == 0) rc = uv_poll_start(&e->cq_poll, UV_READABLE, engine_on_poll);
   }
   if (rc < 0) {
     engine_release(e);

@@ -6,6 +6,7 @@ import { detachWindows, makeWindows } from '../memory/mapping';
 import { Logger } from '../util/log';
 import { SplitInflight, inflightQueueBytes } from '../virtq/inflight';
 import { SplitQueue, checkRingLayout } from '../virtq/split';
+import { CompletionRound } from './completion-round';
 import { QueueRunner, RequestHandler } from './queue-runner';
 
 export interface RingConfig {
@@ -60,8 +61,9 @@ interface Running {
 export class DataPlane {
   private readonly running = new Map<number, Running>();
 
+  /** `round`: the storage engine's rounds of completions, if it reports them (see CompletionRound). */
   constructor(private readonly mem: GuestMemory, private readonly makeHandler: QueueHandlerFactory,
-              private readonly log: Logger, private readonly pollMaxNs = 0) {}
+              private readonly log: Logger, private readonly pollMaxNs = 0, private readonly round?: CompletionRound) {}
 
   isRunning(index: number): boolean { return this.running.has(index); }
 
@@ -76,7 +78,7 @@ export class DataPlane {
     }
     const queue = new SplitQueue(this.mem, layout, cfg.base, { eventIdx: cfg.eventIdx, indirect: cfg.indirect });
     const log = this.log.child({ queue: cfg.index });
-    const runner = new QueueRunner(cfg.index, queue, cfg.kickFd, cfg.callFd, cfg.errFd, log, this.pollMaxNs);
+    const runner = new QueueRunner(cfg.index, queue, cfg.kickFd, cfg.callFd, cfg.errFd, log, this.pollMaxNs, this.round);
     const handler = this.makeHandler({ index: cfg.index, queue, mem: this.mem, onCompleted: () => runner.completed(), log });
     // Before the runner starts: recovery decides where the ring resumes.
     const inflightWindows = cfg.inflight === undefined ? undefined : this.trackInflight(queue, cfg, log);

@@ -8,6 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { Watcher, POLL_READABLE, native } from '../native/addon';
 import { Logger } from '../util/log';
 import { SplitQueue } from '../virtq/split';
+import { CompletionRound, RoundMember } from './completion-round';
 
 /** Device-specific request processing for one queue (virtio-blk: blk/request.ts). */
 export interface RequestHandler {
@@ -66,10 +67,13 @@ export class PollWindow {
   }
 }
 
-export class QueueRunner {
+export class QueueRunner implements RoundMember {
   private watcher: Watcher | undefined;
   private handler: RequestHandler | undefined;
   private flushScheduled = false;
+  /** Inside a drain or poll tick, which publishes at its end: completions need no turn of their own. */
+  private batching = false;
+  private publishPending = false;
   private drainScheduled = false;
   private stopWaiter: (() => void) | undefined;
   /** Set once stop() resolved: a flush or drain still scheduled must not touch the ring any more. */
@@ -87,7 +91,8 @@ export class QueueRunner {
   private readonly pollTickBound = (): void => this.pollTick();
 
   constructor(readonly index: number, readonly queue: SplitQueue, private kickFd: number,
-              private callFd: number, private errFd: number, private readonly log: Logger, pollMaxNs = 0) {
+              private callFd: number, private errFd: number, private readonly log: Logger, pollMaxNs = 0,
+              private readonly round?: CompletionRound) {
     this.poll = new PollWindow(pollMaxNs);
   }
 
@@ -167,6 +172,7 @@ export class QueueRunner {
     const q = this.queue;
     if (!this.canRun()) return;
     let budget = Math.min(q.size, DRAIN_BUDGET);
+    this.batching = true;
     try {
       q.suppressKicks();
       budget -= this.take(budget);
@@ -182,6 +188,8 @@ export class QueueRunner {
       this.handler!.endBatch();
     } catch (e) {
       return this.fail(`request handling failed: ${(e as Error).stack ?? e}`);
+    } finally {
+      this.batching = false;
     }
     if (q.broken) this.reportBroken();
     else if (budget <= 0 && !this.drainScheduled) {
@@ -225,12 +233,12 @@ export class QueueRunner {
       this.polling = false;
       return;
     }
+    this.batching = true;
     try {
       if (q.hasAvailable()) {
-        const n = this.take(DRAIN_BUDGET);
+        this.take(DRAIN_BUDGET);
         this.handler!.endBatch();
         this.pollDeadline = nowNs() + this.poll.ns;
-        if (n > 0) this.flush();
       } else if (nowNs() >= this.pollDeadline) {
         // Window over: back to kicks, unless buffers raced in while we re-enabled them.
         if (!q.allowKicks()) {
@@ -241,11 +249,13 @@ export class QueueRunner {
         q.suppressKicks();
         this.take(DRAIN_BUDGET);
         this.handler!.endBatch();
-        this.flush();
       }
     } catch (e) {
       this.polling = false;
       return this.fail(`request handling failed: ${(e as Error).stack ?? e}`);
+    } finally {
+      this.batching = false;
+      if (this.publishPending) this.flush();
     }
     if (q.broken) {
       this.polling = false;
@@ -254,15 +264,35 @@ export class QueueRunner {
     setImmediate(this.pollTickBound);
   }
 
-  /** A request was completed; publish at the end of this loop turn, once for the whole batch. */
+  /**
+   * A request was completed; publish at the end of the drain in progress, else at
+   * the end of the engine's round of completions, else at the end of this loop
+   * turn: once for the whole batch.
+   */
   completed(): void {
+    if (this.batching) {
+      this.publishPending = true;
+      return;
+    }
+    if (this.round?.open === true) {
+      if (!this.publishPending) {
+        this.publishPending = true;
+        this.round.join(this);
+      }
+      return;
+    }
     if (this.flushScheduled || this.stopped) return;
     this.flushScheduled = true;
     setImmediate(this.flushBound);
   }
 
+  roundEnded(): void {
+    if (this.publishPending) this.flush();
+  }
+
   private flush(): void {
     this.flushScheduled = false;
+    this.publishPending = false;
     if (this.stopped) return;
     if (this.queue.publish()) this.signal(this.callFd);
     if (this.stopWaiter !== undefined && this.queue.inFlight === 0) {

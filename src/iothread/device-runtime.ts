@@ -3,6 +3,7 @@
 import { createBlkQueueHandler } from '../blk/queue-handler';
 import { queueMetrics } from '../blk/queue-metrics';
 import { BlkCacheState, BlkDisk } from '../blk/disk';
+import { CompletionRound } from '../dataplane/completion-round';
 import { QueueHandlerFactory } from '../dataplane/dataplane';
 import { EngineFactory } from '../storage/engine';
 import { EngineHub } from '../storage/engine-hub';
@@ -14,6 +15,8 @@ import { DeviceSpec, DeviceState } from './messages';
 
 export interface DeviceRuntime {
   readonly queueHandlers: QueueHandlerFactory;
+  /** The engine's rounds of completions, which the device's queues publish at the end of. */
+  readonly completionRound: CompletionRound;
   readonly engineName: string;
   setState(state: DeviceState): void;
   close(): void;
@@ -36,12 +39,14 @@ export const defaultEngineSelector: EngineSelector = (spec, log) => {
 
 export function createDeviceRuntime(spec: DeviceSpec, log: Logger, selectEngine: EngineSelector = defaultEngineSelector): DeviceRuntime {
   // Room for every queue this iothread owns at the largest queue size, within the engine's limit.
-  const hub = new EngineHub(selectEngine(spec, log), spec.lanes * MAX_QUEUE_SIZE);
+  const completionRound = new CompletionRound();
+  const hub = new EngineHub(selectEngine(spec, log), spec.lanes * MAX_QUEUE_SIZE, completionRound);
   const cache: BlkCacheState = { writeback: spec.writeback };
   // Our own copy: a resize changes its size while queues run (spec.disk may be the control plane's object).
   const disk: BlkDisk = { ...spec.disk };
   return {
     queueHandlers: (ctx) => createBlkQueueHandler(ctx, disk, cache, hub, spec.metrics === undefined ? undefined : queueMetrics(spec.metrics, ctx.index)),
+    completionRound,
     engineName: hub.engine.name,
     setState: (state) => {
       cache.writeback = state.writeback;

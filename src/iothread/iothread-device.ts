@@ -21,7 +21,7 @@ export class IothreadDevice {
 
   constructor(spec: DeviceSpec, private readonly log: Logger, selectEngine?: EngineSelector, pollMaxNs = 0) {
     this.device = createDeviceRuntime(spec, log, selectEngine);
-    this.dataPlane = new DataPlane(this.mem, this.device.queueHandlers, log, pollMaxNs);
+    this.dataPlane = new DataPlane(this.mem, this.device.queueHandlers, log, pollMaxNs, this.device.completionRound);
   }
 
   get engineName(): string { return this.device.engineName; }

@@ -208,7 +208,8 @@ export interface NativeAddon {
    * (reads served from the page cache) — never inside a submit call, nor inside a flush made
    * from onCompletions. The fd must stay open until the request is issued.
    *
-   * Completions: the ring signals an eventfd watched on the loop; each wakeup drains the CQ.
+   * Completions: the loop watches the ring fd, readable while the CQ holds entries (with
+   * DEFER_TASKRUN, an eventfd registered with the ring); each wakeup drains the CQ.
    * By default the ring runs with SINGLE_ISSUER | COOP_TASKRUN (no IPI into a thread busy with
    * JS), falling back to COOP_TASKRUN alone and then to no flags on kernels that refuse them.
    * DEFER_TASKRUN works as well but cost ~7% more CPU per request on Linux 6.18 (~3

@@ -22,13 +22,16 @@ export class EngineHub {
   /** Lane number of each granule, -1 when free. */
   private readonly laneOfGranule: Int32Array;
 
-  constructor(makeEngine: EngineFactory, slots: number) {
+  /** `round` hears when a round of completions starts and ends (see EngineFactory). */
+  constructor(makeEngine: EngineFactory, slots: number, private readonly round?: { begin(): void; end(): void }) {
     const granules = Math.ceil(Math.min(slots, MAX_ENGINE_SLOTS) / GRANULE);
     this.laneOfGranule = new Int32Array(granules).fill(-1);
-    this.engine = makeEngine(granules * GRANULE, (slot, result) => this.route(slot, result));
+    this.engine = makeEngine(granules * GRANULE, (slot, result) => this.route(slot, result),
+      round === undefined ? undefined : () => round.end());
   }
 
   private route(slot: number, result: number): void {
+    this.round?.begin();
     // A sink detaches only with nothing in flight, so a completion always finds one.
     const lane = this.laneOfGranule[slot >>> GRANULE_BITS];
     this.sinks[lane]!.ioComplete(slot - this.bases[lane], result);

@@ -24,4 +24,8 @@ export interface StorageEngine {
   close(): void;
 }
 
-export type EngineFactory = (slots: number, onComplete: CompletionHandler) => StorageEngine;
+/**
+ * `onRoundEnd`, when given, runs after each round of completions an engine delivers
+ * (from the loop or inside flush), once the round's last onComplete returned.
+ */
+export type EngineFactory = (slots: number, onComplete: CompletionHandler, onRoundEnd?: () => void) => StorageEngine;

@@ -25,7 +25,8 @@ export class InlineEngine implements StorageEngine {
   private count = 0;
   private delivering = false;
 
-  constructor(private readonly slots: number, private readonly onComplete: CompletionHandler) {
+  constructor(private readonly slots: number, private readonly onComplete: CompletionHandler,
+              private readonly onRoundEnd?: () => void) {
     this.done = new Float64Array(2 * slots);
     this.busy = new Uint8Array(slots);
   }
@@ -71,6 +72,7 @@ export class InlineEngine implements StorageEngine {
     } finally {
       this.delivering = false;
     }
+    this.onRoundEnd?.();
   }
 
   inFlight(): number {
@@ -86,5 +88,5 @@ function busyError(message: string): Error {
   return Object.assign(new Error(message), { code: 'EBUSY' });
 }
 
-export const inlineEngineFactory = (slots: number, onComplete: CompletionHandler): InlineEngine =>
-  new InlineEngine(slots, onComplete);
+export const inlineEngineFactory = (slots: number, onComplete: CompletionHandler, onRoundEnd?: () => void): InlineEngine =>
+  new InlineEngine(slots, onComplete, onRoundEnd);

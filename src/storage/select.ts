@@ -67,12 +67,12 @@ export function selectEngine(aio: AioChoice, log: Logger, options: SelectOptions
     log.log(level, 'io_uring unavailable, using the thread-pool engine', { aio, reason: availability.reason });
     return threadPoolEngineFactory;
   }
-  return (slots, onComplete): StorageEngine => {
+  return (slots, onComplete, onRoundEnd): StorageEngine => {
     try {
-      return new UringEngine(slots, onComplete, options.uring);
+      return new UringEngine(slots, onComplete, options.uring, onRoundEnd);
     } catch (err) {
       log.warn('io_uring engine creation failed, using the thread-pool engine', { aio, reason: err as Error });
-      return threadPoolEngineFactory(slots, onComplete);
+      return threadPoolEngineFactory(slots, onComplete, onRoundEnd);
     }
   };
 }

@@ -11,8 +11,12 @@ export class ThreadPoolEngine implements StorageEngine {
   readonly maxIov = THREADPOOL_MAX_IOV;
   private handle: IoEngineHandle | undefined;
 
-  constructor(slots: number, onComplete: CompletionHandler) {
-    this.handle = native.ioEngineCreate(slots, THREADPOOL_MAX_IOV, onComplete);
+  constructor(slots: number, onComplete: CompletionHandler, onRoundEnd?: () => void) {
+    // The pool completes one request per callback: each is a round of its own.
+    this.handle = native.ioEngineCreate(slots, THREADPOOL_MAX_IOV, onRoundEnd === undefined ? onComplete : (slot, result) => {
+      onComplete(slot, result);
+      onRoundEnd();
+    });
   }
 
   submit(slot: number, op: number, fd: number, offset: number, iov: Float64Array, iovCount: number): void {
@@ -36,5 +40,5 @@ export class ThreadPoolEngine implements StorageEngine {
   }
 }
 
-export const threadPoolEngineFactory = (slots: number, onComplete: CompletionHandler): StorageEngine =>
-  new ThreadPoolEngine(slots, onComplete);
+export const threadPoolEngineFactory = (slots: number, onComplete: CompletionHandler, onRoundEnd?: () => void): StorageEngine =>
+  new ThreadPoolEngine(slots, onComplete, onRoundEnd);

@@ -22,11 +22,12 @@ export class UringEngine implements StorageEngine {
   private handle: UringEngineHandle | undefined;
 
   /** Throws (code ENOSYS, EPERM, ...) when io_uring is unavailable. */
-  constructor(slots: number, onComplete: CompletionHandler, options: UringOptions = {}) {
+  constructor(slots: number, onComplete: CompletionHandler, options: UringOptions = {}, onRoundEnd?: () => void) {
     const entries = options.entries ?? Math.min(URING_DEFAULT_ENTRIES, slots);
     const done = new Float64Array(2 * slots);
     const onCompletions = (count: number): void => {
       for (let i = 0; i < 2 * count; i += 2) onComplete(done[i], done[i + 1]);
+      onRoundEnd?.();
     };
     this.handle = native.uringEngineCreate(slots, URING_MAX_IOV, entries, done, onCompletions, options.setupFlags);
   }
@@ -60,5 +61,5 @@ export class UringEngine implements StorageEngine {
 }
 
 export function uringEngineFactory(options: UringOptions = {}): EngineFactory {
-  return (slots, onComplete) => new UringEngine(slots, onComplete, options);
+  return (slots, onComplete, onRoundEnd) => new UringEngine(slots, onComplete, options, onRoundEnd);
 }

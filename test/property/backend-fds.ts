@@ -184,7 +184,7 @@ export async function runBackendCase(c: BackendCase): Promise<BackendOutcome> {
   const disk = testDisk({ fd: -1, sizeBytes: 1 << 20, discard: false, writeZeroes: false });
   const device = new BlkDevice({ disk, maxQueues: QUEUES, writeback: true });
   const dataPlane = new LocalDataPlane({ type: 'blk', disk, writeback: true, aio: 'threads', lanes: QUEUES }, new Logger(),
-    () => (_n, done) => new MemoryEngine(new Uint8Array(1 << 20), new Uint8Array(1), done));
+    () => (_n, done, onRoundEnd) => new MemoryEngine(new Uint8Array(1 << 20), new Uint8Array(1), done, { onRoundEnd }));
   const backend = new VhostBackend(ep as unknown as Endpoint, device, dataPlane, new Logger());
   const offered = backend.offeredFeatures;
   let outcome: BackendOutcome = { closed: '', started: 0, regions: 0, replies: 0 };

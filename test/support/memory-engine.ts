@@ -24,6 +24,8 @@ export interface MemoryEngineOptions {
    * must cope with that (it guards against completions arriving inside handle()).
    */
   synchronous?: boolean;
+  /** The EngineFactory's onRoundEnd: each completion is a round of its own. */
+  onRoundEnd?: () => void;
 }
 
 export class MemoryEngine implements StorageEngine {
@@ -40,6 +42,7 @@ export class MemoryEngine implements StorageEngine {
   fault: ((call: EngineCall) => number | undefined) | undefined;
   alignment: number;
   synchronous: boolean;
+  private readonly onRoundEnd: (() => void) | undefined;
   /** Most requests ever in flight at once. */
   maxPending = 0;
   private pending = 0;
@@ -50,6 +53,7 @@ export class MemoryEngine implements StorageEngine {
               private readonly onComplete: CompletionHandler, options: MemoryEngineOptions = {}) {
     this.alignment = options.alignment ?? 0;
     this.synchronous = options.synchronous ?? false;
+    this.onRoundEnd = options.onRoundEnd;
     this.areas.push({ base: FAKE_HOST_BASE, bytes: guest });
   }
 
@@ -106,13 +110,18 @@ export class MemoryEngine implements StorageEngine {
   }
 
   private complete(slot: number, result: number): void {
-    if (this.synchronous) return this.onComplete(slot, result);
+    if (this.synchronous) return this.deliver(slot, result);
     this.pending++;
     this.maxPending = Math.max(this.maxPending, this.pending);
     setImmediate(() => {
       this.pending--;
-      this.onComplete(slot, result);
+      this.deliver(slot, result);
     });
+  }
+
+  private deliver(slot: number, result: number): void {
+    this.onComplete(slot, result);
+    this.onRoundEnd?.();
   }
 
   /** Every range operation zeroes the range, as a hole or written zeroes would read back. */

@@ -495,6 +495,9 @@ describe('io_uring engine', () => {
     const h = native.uringEngineCreate(4, 1, 4, ...perRequest(4, (slot, r) => results.set(slot, r)));
     const ringFd = [...ringFds()].filter((fd) => !before.has(fd));
     assert.equal(ringFd.length, 1, 'found the new ring fd');
+    // The loop watches the ring fd; let it register it with epoll before the fd goes
+    // (libuv aborts on an fd that is closed before it could be added).
+    await new Promise((resolve) => setImmediate(resolve));
     const fd = open(blockFile(4, 512), 'r');
     native.close(ringFd[0]);
     let filler = -1;

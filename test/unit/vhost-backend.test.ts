@@ -28,7 +28,7 @@ describe('vhost-user back-end state machine', () => {
     ep = new FakeEndpoint();
     const device = new BlkDevice({ disk, maxQueues: 2, writeback: true });
     const dataPlane = new LocalDataPlane({ type: 'blk', disk, writeback: true, aio: 'threads', lanes: 2 }, new Logger(),
-      () => (_n, done) => new MemoryEngine(new Uint8Array(1), new Uint8Array(1), done));
+      () => (_n, done, onRoundEnd) => new MemoryEngine(new Uint8Array(1), new Uint8Array(1), done, { onRoundEnd }));
     backend = new VhostBackend(ep as unknown as Endpoint, device, dataPlane, new Logger());
     await send(R.SET_OWNER, { kind: 'none' });
   });
