@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { BlkFrontend } from '../frontend';
 import { openCpuWindow } from './cpu';
 import { Measure, startLoad } from './driver';
-import { Op, SCALING, ServerDef, ServerId, StorageId, serverArgs, serverDef, workloadLabel, workloads } from './matrix';
+import { SCALING, ServerDef, serverArgs, serverDef, workloadLabel, workloads } from './matrix';
 import { Plan, serversFor } from './options';
 import { DriverRow, RunResult, StorageInfo, summarize } from './report';
 import { warmImage } from './images';
@@ -32,15 +32,8 @@ function drainOrFail(drained: Promise<unknown>): Promise<void> {
 /** Guest RAM of the driver: QD 128 on 4 queues needs 512 slots of 4 KiB data plus rings. */
 const DRIVER_RAM_BYTES = 32 << 20;
 
-interface Cell {
-  storage: StorageId;
-  server: ServerId;
-  op: Op | 'getid';
-  qd: number;
-  queues: number;
-  /** Set for the scaling runs (kept apart from the matrix's, even with one iothread). */
-  iothreads?: number;
-}
+/** What a row of the report is about; iothreads is set for the scaling runs (kept apart from the matrix's, even with one). */
+type Cell = Pick<DriverRow, 'storage' | 'server' | 'op' | 'qd' | 'queues' | 'iothreads'>;
 
 const cellKey = (c: Cell): string => `${c.storage}|${c.server}|${c.op}|${c.qd}|${c.queues}|${c.iothreads ?? '-'}`;
 
