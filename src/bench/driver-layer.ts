@@ -14,7 +14,7 @@ import { Plan, serversFor } from './options';
 import { DriverRow, RunResult, StorageInfo, summarize } from './report';
 import { warmImage } from './images';
 import { startServer } from './servers';
-import { percentile } from './stats';
+import { RunsByCell, percentile } from './stats';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -107,7 +107,7 @@ function logRun(c: Cell, r: RunResult, round: number, rounds: number, log: (line
 
 /** Collects the runs of every round, then turns them into report rows. */
 export class DriverLayer {
-  private readonly runs = new Map<string, { cell: Cell; runs: RunResult[] }>();
+  private readonly runs = new RunsByCell<Cell, RunResult>(cellKey);
   /** Sessions that failed; the rest of the matrix still runs, and the report lists these. */
   readonly failures: string[] = [];
 
@@ -120,9 +120,7 @@ export class DriverLayer {
   async round(round: number): Promise<void> {
     const { plan } = this;
     const record = (c: Cell, r: RunResult): void => {
-      const k = cellKey(c);
-      if (!this.runs.has(k)) this.runs.set(k, { cell: c, runs: [] });
-      this.runs.get(k)!.runs.push(r);
+      this.runs.add(c, r);
       logRun(c, r, round, plan.rounds, this.log);
     };
     const attempt = async (what: string, run: () => Promise<void>): Promise<void> => {
@@ -162,7 +160,7 @@ export class DriverLayer {
 
   result(): { rows: DriverRow[]; ceiling: DriverRow[]; scaling: DriverRow[] } {
     const rows: DriverRow[] = [];
-    for (const { cell, runs } of this.runs.values()) {
+    for (const { cell, runs } of this.runs.all()) {
       const iops = runs.map((r) => r.iops);
       rows.push({ ...cell, median: summarize(runs), iopsMin: Math.min(...iops), iopsMax: Math.max(...iops), runs });
     }

@@ -10,6 +10,7 @@ import { FioFigures, hostFioArgs, parseFioJson } from './fio';
 import { Op, StorageId, workloadLabel, workloads } from './matrix';
 import { Plan } from './options';
 import { HOST_FIGURES, HostRow, HostRun, StorageInfo, medianOf } from './report';
+import { RunsByCell } from './stats';
 
 const STAT_MARK = 'VUBLK-FIO-SHELL-STAT ';
 /** After fio exits, the shell's own /proc stat holds fio's CPU in its children's fields. */
@@ -47,7 +48,7 @@ export function runFio(args: string[]): Promise<FioRun> {
 interface Cell { storage: StorageId; op: Op; qd: number; jobs: number }
 
 export class HostLayer {
-  private readonly runs = new Map<string, { cell: Cell; runs: HostRun[] }>();
+  private readonly runs = new RunsByCell<Cell, HostRun>((c) => `${c.storage}|${c.op}|${c.qd}|${c.jobs}`);
   /** Runs that failed; the report lists them. */
   readonly failures: string[] = [];
 
@@ -71,9 +72,7 @@ export class HostLayer {
         }
         const { figures: f, cpuSec } = fio;
         const run: HostRun = { round, ios: f.ios, seconds: f.seconds, iops: f.iops, p50Us: f.p50Us, p99Us: f.p99Us, cpuSec, cpuUsPerIo: (cpuSec * 1e6) / f.ios };
-        const k = `${cell.storage}|${cell.op}|${cell.qd}|${cell.jobs}`;
-        if (!this.runs.has(k)) this.runs.set(k, { cell, runs: [] });
-        this.runs.get(k)!.runs.push(run);
+        this.runs.add(cell, run);
         this.log(`host round ${round}/${plan.rounds} fio io_uring ${s.id} ${workloadLabel(w).padEnd(28)} ${(run.iops / 1000).toFixed(1).padStart(7)}k IOPS  ` +
           `p50 ${run.p50Us.toFixed(0).padStart(5)} µs  p99 ${run.p99Us.toFixed(0).padStart(6)} µs  fio ${run.cpuUsPerIo.toFixed(1).padStart(5)} µs/IO`);
       }
@@ -81,6 +80,6 @@ export class HostLayer {
   }
 
   result(): HostRow[] {
-    return [...this.runs.values()].map(({ cell, runs }) => ({ ...cell, median: medianOf(runs, HOST_FIGURES), runs }));
+    return this.runs.all().map(({ cell, runs }) => ({ ...cell, median: medianOf(runs, HOST_FIGURES), runs }));
   }
 }

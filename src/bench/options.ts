@@ -3,12 +3,13 @@
 import {
   Op, SERVERS, STORAGES, ServerId, StorageId, serverDef, serves, storageDef, workloads,
 } from './matrix';
+import type { LayerSettings } from './report';
 
 /** scaling: vublk alone, SCALING's workload on one iothread and on two (the front-end driver again). */
 export type Layer = 'driver' | 'scaling' | 'guest' | 'host';
 export const LAYERS: readonly Layer[] = ['driver', 'scaling', 'guest', 'host'];
 
-export interface Plan {
+export interface Plan extends LayerSettings {
   layers: Layer[];
   storages: StorageId[];
   servers: ServerId[];
@@ -21,10 +22,6 @@ export interface Plan {
   imageMiB: number;
   /** Ring size of the front-end driver's queues: 3 descriptors per request, so 512 holds QD 128. */
   queueSize: number;
-  driver: { durationSec: number; warmupSec: number };
-  /** fio's whole run is measured (its CPU comes from the wrapper shell), so no ramp. */
-  host: { durationSec: number };
-  guest: { durationSec: number; warmupSec: number; qd: number; cpus: number; memoryMiB: number };
   /** A directory on a disk-backed filesystem; found automatically when unset. */
   diskDir?: string;
   out: string;

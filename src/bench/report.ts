@@ -7,6 +7,14 @@ import { median } from './stats';
 /** Bumped when the JSON changes shape; --render refuses other versions. */
 export const REPORT_SCHEMA = 3;
 
+/** How long each layer's runs last, and the guest's shape: set by the plan, recorded in the report. */
+export interface LayerSettings {
+  driver: { durationSec: number; warmupSec: number };
+  /** fio's whole run is measured (its CPU comes from the wrapper shell), so no ramp. */
+  host: { durationSec: number };
+  guest: { durationSec: number; warmupSec: number; qd: number; cpus: number; memoryMiB: number };
+}
+
 /** Front-end driver layer: figures of one measured interval. */
 export interface RunFigures {
   iops: number;
@@ -124,16 +132,12 @@ export interface BenchReport {
   command: string;
   machine: { nproc: number; cpuModel: string; kernel: string; memoryGiB: number };
   versions: { node: string; qemuStorageDaemon: string; qemu: string; fio: string; vublkCommit: string };
-  settings: {
+  settings: LayerSettings & {
     rounds: number;
     blockSize: number;
     imageBytes: number;
     queueSize: number;
     quick: boolean;
-    /** Seconds per run. */
-    driver: { durationSec: number; warmupSec: number };
-    host: { durationSec: number };
-    guest: { durationSec: number; warmupSec: number; qd: number; cpus: number; memoryMiB: number };
     /** Measured seconds of the whole run. */
     elapsedSec: number;
   };

@@ -40,3 +40,21 @@ export function median(values: readonly number[]): number {
   if (n === 0) return NaN;
   return n % 2 === 1 ? v[(n - 1) / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
+
+/** Runs grouped by the configuration (cell) they measured, in the order cells were first seen. */
+export class RunsByCell<C, R> {
+  private readonly groups = new Map<string, { cell: C; runs: R[] }>();
+
+  constructor(private readonly keyOf: (cell: C) => string) {}
+
+  add(cell: C, run: R): void {
+    const k = this.keyOf(cell);
+    const g = this.groups.get(k);
+    if (g === undefined) this.groups.set(k, { cell, runs: [run] });
+    else g.runs.push(run);
+  }
+
+  all(): Array<{ cell: C; runs: R[] }> {
+    return [...this.groups.values()];
+  }
+}
