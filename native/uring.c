@@ -1,12 +1,15 @@
 // io_uring I/O engine (see src/native/addon.ts for the JS contract).
 //
 // The data path of an iothread: one ring per engine and one engine per
-// iothread, created and used on that thread only. Requests are built straight
-// from guest-memory iovecs copied into preallocated per-slot storage, queued in
-// the SQ, and issued in one io_uring_enter per batch (uringEngineFlush, or
-// automatically when the SQ is full). Completions come back on the creating
-// thread's loop: a uv_poll_t on the ring fd (readable while the CQ holds
-// entries) wakes us, and the whole CQ is handed to JS in one call.
+// iothread, created and used on that thread only. JS stages requests in a
+// submission table (a Float64Array we share) or, when it is full, passes one
+// through uringEngineSubmit; either way they are built straight from
+// guest-memory iovecs copied into preallocated per-slot storage, queued in the
+// SQ, and issued in one io_uring_enter per batch (uringEngineFlush, or
+// automatically when the SQ is full). Requests complete at once inside that
+// enter (page-cache reads) go back as flush's result; the rest come back on
+// the creating thread's loop: a uv_poll_t on the ring fd (readable while the
+// CQ holds entries) wakes us, and the whole CQ is handed to JS in one call.
 //
 // No liburing: the three syscalls and the shared-ring protocol of the
 // io_uring ABI are small enough to spell out, and it keeps the build free of
@@ -58,6 +61,10 @@ static const napi_type_tag URING_TAG = {0x7675626c6b757269ULL, 0x6e6700000000000
 #define URING_MAX_RETRIES 1000
 // CQ drain rounds per wakeup before yielding to the rest of the loop.
 #define URING_MAX_ROUNDS 8
+// The submission table (layout shared with src/storage/uring.ts): the number
+// of records, the index just past the last one, then the records: slot, op,
+// fd, offset, iovCount, and iovCount (address, length) pairs.
+enum { TABLE_COUNT = 0, TABLE_END = 1, TABLE_FIRST = 2, TABLE_RECORD = 5 };
 
 // ---------------------------------------------------------------------------
 // The ring
@@ -235,6 +242,7 @@ struct uring_engine {
   uv_poll_t cq_poll;  // on the ring fd, readable while the CQ holds entries
   napi_ref callback;  // onCompletions(count)
   napi_ref done_ref;  // the Float64Array behind `done`, kept alive
+  napi_ref table_ref;  // the Float64Array behind `table`, kept alive
   napi_ref self;  // weak, made strong while requests are in flight
   napi_async_context async_ctx;
   napi_async_cleanup_hook_handle hook;
@@ -249,6 +257,11 @@ struct uring_engine {
   // finished, and JS (which alone resubmits it) runs only after the handover.
   double *done;
   uint32_t ndone;
+  // Requests JS staged without calling us (the submission table of
+  // src/storage/uring.ts): taken whenever we run, at a flush or after JS
+  // handled a handover. Saves an N-API call, with its argument checks, per request.
+  double *table;
+  size_t table_len;
   uint32_t nslots;
   uint32_t max_iov;
   uint32_t in_flight;       // busy slots: queued, on the ring, on the pool or failed
@@ -306,12 +319,15 @@ static void engine_release(uring_engine *e) {
   if (!e->env_gone) {
     if (e->callback) napi_delete_reference(e->env, e->callback);
     if (e->done_ref) napi_delete_reference(e->env, e->done_ref);
+    if (e->table_ref) napi_delete_reference(e->env, e->table_ref);
     if (e->self) napi_delete_reference(e->env, e->self);
     if (e->async_ctx) napi_async_destroy(e->env, e->async_ctx);
   }
   e->callback = NULL;
   e->done_ref = NULL;
   e->done = NULL;
+  e->table_ref = NULL;
+  e->table = NULL;
   e->ndone = 0;
   e->self = NULL;
   e->async_ctx = NULL;
@@ -484,6 +500,104 @@ static void slot_finish(uring_engine *e, uring_slot *s, int64_t result) {
   e->ndone++;
 }
 
+// A slot whose iovecs are already in s->iov starts: pinned, counted, queued.
+static napi_status slot_start(uring_engine *e, uring_slot *s) {
+  napi_status st = engine_pin_for_request(e->env, e);
+  if (st != napi_ok) return st;
+  s->busy = true;
+  s->done = 0;
+  s->retries = 0;
+  e->in_flight++;
+  slot_queue(e, s);
+  return napi_ok;
+}
+
+static inline bool is_int_in(double v, double min, double max) {
+  return v >= min && v <= max && v == (double)(int64_t)v;  // NaN fails the comparisons
+}
+
+// Requests staged in the table and not yet taken (they count as queued).
+static uint32_t table_staged(const uring_engine *e) {
+  double n = e->table ? e->table[TABLE_COUNT] : 0;
+  return is_int_in(n, 0, e->nslots) ? (uint32_t)n : 0;
+}
+
+// Takes the requests JS staged in the submission table: each is checked as
+// uringEngineSubmit checks its arguments and queued as an SQE. The table is
+// empty afterwards. Returns 0, or EBUSY / EINVAL with `err` describing the
+// first bad record: those before it are queued, it and the rest are dropped
+// (JS never stages a bad record; this guards the slots and the kernel).
+static int table_take(uring_engine *e, char *err, size_t errlen) {
+  double *t = e->table;
+  if (t == NULL || t[TABLE_COUNT] == 0) return 0;
+  double count = t[TABLE_COUNT], end = t[TABLE_END];
+  t[TABLE_COUNT] = 0;
+  t[TABLE_END] = TABLE_FIRST;
+  if (!is_int_in(count, 0, e->nslots) || !is_int_in(end, TABLE_FIRST, (double)e->table_len)) {
+    snprintf(err, errlen, "submission table: %g records ending at %g do not fit", count, end);
+    return EINVAL;
+  }
+  size_t at = TABLE_FIRST;
+  for (uint32_t k = 0; k < (uint32_t)count; k++) {
+    const double *r = t + at;
+    if (at + TABLE_RECORD > (size_t)end) {
+      snprintf(err, errlen, "submission table: record %u runs past the end", k);
+      return EINVAL;
+    }
+    const char *bad = !is_int_in(r[0], 0, e->nslots - 1) ? "slot"
+                      : !is_int_in(r[1], IO_READ, IO_FLUSH) ? "op"
+                      : !is_int_in(r[2], INT32_MIN, INT32_MAX) ? "fd"
+                      : !is_int_in(r[3], 0, TWO_POW_53)     ? "offset"
+                      : !is_int_in(r[4], 0, e->max_iov)     ? "iovCount"
+                      : at + TABLE_RECORD + 2 * (size_t)r[4] > (size_t)end ? "iovCount (past the end)"
+                                                                           : NULL;
+    if (bad) {
+      snprintf(err, errlen, "submission table: record %u has a bad %s", k, bad);
+      return EINVAL;
+    }
+    uring_slot *s = &e->slots[(uint32_t)r[0]];
+    if (s->busy) {
+      snprintf(err, errlen, "submission table: slot %u is busy", s->index);
+      return EBUSY;
+    }
+    int op = (int)r[1];
+    uint32_t n = (uint32_t)r[4];
+    const double *pairs = r + TABLE_RECORD;
+    at += TABLE_RECORD + 2 * (size_t)n;
+    if (op == IO_FLUSH) n = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      if (!is_int_in(pairs[2 * i], 0, TWO_POW_53) || !is_int_in(pairs[2 * i + 1], 0, TWO_POW_53)) {
+        snprintf(err, errlen, "submission table: record %u has a bad iovec %u", k, i);
+        return EINVAL;
+      }
+      s->iov[i].iov_base = (void *)(uintptr_t)pairs[2 * i];
+      s->iov[i].iov_len = (size_t)pairs[2 * i + 1];
+    }
+    s->op = op;
+    s->fd = (int)r[2];
+    s->offset = (uint64_t)r[3];
+    s->iov_count = n;
+    s->iov_next = 0;
+    s->done = 0;
+    slot_advance(s, 0);  // skip leading empty iovecs
+    if (slot_start(e, s) != napi_ok) {
+      snprintf(err, errlen, "submission table: cannot pin the engine");
+      return EINVAL;
+    }
+  }
+  return 0;
+}
+
+// A bad record staged inside a handover: there is no JS frame to throw into,
+// so it goes where an exception thrown by the callback goes (invoke_js).
+static void engine_raise(napi_env env, int code, const char *message) {
+  napi_value msg, code_v, err;
+  if (napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg) != napi_ok ||
+      napi_create_string_utf8(env, code == EBUSY ? "EBUSY" : "EINVAL", NAPI_AUTO_LENGTH, &code_v) != napi_ok)
+    return;
+  if (napi_create_range_error(env, code_v, msg, &err) == napi_ok) napi_fatal_exception(env, err);
+}
+
 // Tells JS about the finished requests: one call for the lot, which is where
 // the cost of entering JS from here goes (rather than once per request).
 static void done_handover(uring_engine *e) {
@@ -498,6 +612,11 @@ static void done_handover(uring_engine *e) {
       napi_get_reference_value(env, e->self, &self) == napi_ok && self != NULL &&
       napi_create_uint32(env, n, &argv[0]) == napi_ok)
     invoke_js(env, e->async_ctx, self, fn, 1, argv);
+  // What the callback staged joins what this round queued (delivering: issued
+  // when the round ends). Nothing if the callback destroyed the engine.
+  char err[128];
+  int bad = e->released || e->tearing_down ? 0 : table_take(e, err, sizeof err);
+  if (bad) engine_raise(env, bad, err);
   napi_close_handle_scope(env, scope);
 }
 
@@ -767,19 +886,22 @@ static int ring_open_best(uring *r, unsigned entries, unsigned cq_min, bool expl
 }
 
 static napi_value js_uring_create(napi_env env, napi_callback_info info) {
-  ARGS(6);
+  ARGS(7);
   double nslots, max_iov, entries, flags_d = 0;
   if (!arg_integer(env, argv[0], "slots", 1, MAX_SLOTS, &nslots)) return NULL;
   if (!arg_integer(env, argv[1], "maxIov", 1, MAX_IOV, &max_iov)) return NULL;
   if (!arg_integer(env, argv[2], "entries", 1, URING_MAX_ENTRIES, &entries)) return NULL;
-  double *done;
+  double *done, *table;
+  size_t table_len;
   if (!arg_float64_array(env, argv[3], "completions", 2 * (size_t)nslots, &done)) return NULL;
-  if (!arg_function(env, argv[4], "onCompletions")) return NULL;
+  if (!arg_float64_array(env, argv[4], "submissions", TABLE_FIRST + TABLE_RECORD, &table)) return NULL;
+  NAPI_OK(env, napi_get_typedarray_info(env, argv[4], NULL, &table_len, NULL, NULL, NULL));
+  if (!arg_function(env, argv[5], "onCompletions")) return NULL;
   napi_valuetype t;
-  NAPI_OK(env, napi_typeof(env, argv[5], &t));
+  NAPI_OK(env, napi_typeof(env, argv[6], &t));
   bool explicit_flags = t != napi_undefined;
   if (explicit_flags) {
-    if (!arg_integer(env, argv[5], "setupFlags", 0, UINT32_MAX, &flags_d)) return NULL;
+    if (!arg_integer(env, argv[6], "setupFlags", 0, UINT32_MAX, &flags_d)) return NULL;
     if ((uint32_t)flags_d & ~(uint32_t)URING_USER_FLAGS)
       return throw_range(env, "setupFlags may only hold COOP_TASKRUN, TASKRUN_FLAG, "
                               "SINGLE_ISSUER and DEFER_TASKRUN");
@@ -842,6 +964,10 @@ static napi_value js_uring_create(napi_env env, napi_callback_info info) {
   e->nslots = (uint32_t)nslots;
   e->max_iov = (uint32_t)max_iov;
   e->done = done;
+  e->table = table;
+  e->table_len = table_len;
+  table[TABLE_COUNT] = 0;
+  table[TABLE_END] = TABLE_FIRST;
   for (uint32_t i = 0; i < e->nslots; i++) {
     e->slots[i].engine = e;
     e->slots[i].index = i;
@@ -880,8 +1006,9 @@ static napi_value js_uring_create(napi_env env, napi_callback_info info) {
     return throw_errno(env, "uv_poll_start", -rc);
   }
   if (napi_type_tag_object(env, obj, &URING_TAG) != napi_ok ||
-      napi_create_reference(env, argv[4], 1, &e->callback) != napi_ok ||
+      napi_create_reference(env, argv[5], 1, &e->callback) != napi_ok ||
       napi_create_reference(env, argv[3], 1, &e->done_ref) != napi_ok ||
+      napi_create_reference(env, argv[4], 1, &e->table_ref) != napi_ok ||
       napi_create_reference(env, obj, 0, &e->self) != napi_ok ||
       napi_async_init(env, NULL, name, &e->async_ctx) != napi_ok ||
       napi_add_async_cleanup_hook(env, engine_teardown, e, &e->hook) != napi_ok) {
@@ -912,16 +1039,6 @@ static uring_slot *slot_arg(napi_env env, napi_value *argv, const char *fn, int 
   return s;
 }
 
-static napi_value slot_start(napi_env env, uring_engine *e, uring_slot *s) {
-  NAPI_OK(env, engine_pin_for_request(env, e));
-  s->busy = true;
-  s->done = 0;
-  s->retries = 0;
-  e->in_flight++;
-  slot_queue(e, s);
-  return make_undefined(env);
-}
-
 static napi_value js_uring_submit(napi_env env, napi_callback_info info) {
   ARGS(7);
   uring_engine *e;
@@ -941,7 +1058,8 @@ static napi_value js_uring_submit(napi_env env, napi_callback_info info) {
   s->iov_next = 0;
   s->done = 0;
   slot_advance(s, 0);  // skip leading empty iovecs
-  return slot_start(env, e, s);
+  NAPI_OK(env, slot_start(e, s));
+  return make_undefined(env);
 }
 
 static napi_value js_uring_submit_range(napi_env env, napi_callback_info info) {
@@ -958,7 +1076,10 @@ static napi_value js_uring_submit_range(napi_env env, napi_callback_info info) {
   s->offset = (uint64_t)offset;
   s->length = (uint64_t)length;
   s->iov_count = s->iov_next = 0;
-  if (op == IO_PUNCH_HOLE || op == IO_ZERO_RANGE) return slot_start(env, e, s);
+  if (op == IO_PUNCH_HOLE || op == IO_ZERO_RANGE) {
+    NAPI_OK(env, slot_start(e, s));
+    return make_undefined(env);
+  }
 
   // Block-device ioctls: on the pool, started at once (they are not batched).
   NAPI_OK(env, engine_pin_for_request(env, e));
@@ -975,31 +1096,46 @@ static napi_value js_uring_submit_range(napi_env env, napi_callback_info info) {
   return make_undefined(env);
 }
 
+// Issues the staged and queued requests with one io_uring_enter. With
+// `collect`, requests that are complete by then (reads the page cache served
+// inside that enter, or any CQE already waiting) are written to `completions`
+// and their count returned: the caller delivers them itself, as the end of its
+// batch, without a call back into JS from here or a later wakeup. Never inside
+// a handover (the handover collects) and never requests whose submission
+// failed (they complete from the loop, so flush never reports others' errors).
 static napi_value js_uring_flush(napi_env env, napi_callback_info info) {
-  ARGS(1);
+  ARGS(2);
   uring_engine *e;
   if (!unwrap_engine(env, argv[0], &e)) return NULL;
   if (e->released) return uring_destroyed(env, "uringEngineFlush");
-  uint32_t issued = ring_submit(e, 0, true);
-  // Reads served from the page cache complete inside that io_uring_enter.
-  // Deliver them now, as the end of the caller's batch, instead of after a
-  // wakeup on a later turn of the loop: the caller publishes them at once, and
-  // the guest can refill the ring while we go on. Not from inside a delivery
-  // (a callback that flushes): that one drains the CQ itself. A batch the
-  // kernel refused still completes from the loop (sq_fail_pending).
-  if (!e->delivering && !e->released &&
-      *e->ring.cq_khead != __atomic_load_n(e->ring.cq_ktail, __ATOMIC_ACQUIRE)) {
-    e->stats.flush_deliveries++;
-    engine_deliver(e);
-  }
-  return make_int(env, issued);
+  bool collect = false;
+  napi_valuetype t;
+  NAPI_OK(env, napi_typeof(env, argv[1], &t));
+  if (t == napi_boolean) NAPI_OK(env, napi_get_value_bool(env, argv[1], &collect));
+  else if (t != napi_undefined) return throw_type(env, "%s must be a boolean", "collect");
+  char err[128];
+  int bad = table_take(e, err, sizeof err);
+  ring_submit(e, 0, true);  // the records before a bad one go out all the same
+  if (bad == EBUSY) return throw_coded(env, "uringEngineFlush", err, "EBUSY", EBUSY);
+  if (bad) return throw_range(env, err);
+  if (!collect || e->delivering) return make_int(env, 0);
+  if (ring_needs_getevents(&e->ring)) ring_submit(e, IORING_ENTER_GETEVENTS, false);
+  if (*e->ring.cq_khead == __atomic_load_n(e->ring.cq_ktail, __ATOMIC_ACQUIRE)) return make_int(env, 0);
+  e->stats.flush_deliveries++;
+  cq_drain(e);
+  uint32_t n = e->ndone;
+  e->ndone = 0;
+  // Short transfers and -EAGAIN went back on the SQ: on their way too.
+  if (sq_pending(&e->ring) > 0) ring_submit(e, 0, true);
+  engine_unpin_if_idle(e);
+  return make_int(env, n);
 }
 
 static napi_value js_uring_in_flight(napi_env env, napi_callback_info info) {
   ARGS(1);
   uring_engine *e;
   if (!unwrap_engine(env, argv[0], &e)) return NULL;
-  return make_int(env, e->released ? 0 : e->in_flight);
+  return make_int(env, e->released ? 0 : e->in_flight + table_staged(e));
 }
 
 static napi_value js_uring_stats(napi_env env, napi_callback_info info) {
@@ -1018,7 +1154,7 @@ static napi_value js_uring_stats(napi_env env, napi_callback_info info) {
       !set_number_property(env, obj, "requeues", (double)st->requeues) ||
       !set_number_property(env, obj, "autoFlushes", (double)st->auto_flushes) ||
       !set_number_property(env, obj, "flushDeliveries", (double)st->flush_deliveries) ||
-      !set_number_property(env, obj, "queued", e->released ? 0 : (double)sq_pending(&e->ring)) ||
+      !set_number_property(env, obj, "queued", e->released ? 0 : (double)(sq_pending(&e->ring) + table_staged(e))) ||
       !set_number_property(env, obj, "sqEntries", (double)e->ring.sq_entries) ||
       !set_number_property(env, obj, "cqEntries", (double)e->ring.cq_entries) ||
       !set_number_property(env, obj, "setupFlags", (double)e->ring.flags) ||
@@ -1031,9 +1167,10 @@ static napi_value js_uring_destroy(napi_env env, napi_callback_info info) {
   ARGS(1);
   uring_engine *e;
   if (!unwrap_engine(env, argv[0], &e)) return NULL;
-  if (!e->released && e->in_flight > 0) {
+  uint32_t busy = e->released ? 0 : e->in_flight + table_staged(e);
+  if (busy > 0) {
     char message[96];
-    snprintf(message, sizeof message, "uringEngineDestroy: %u requests in flight", e->in_flight);
+    snprintf(message, sizeof message, "uringEngineDestroy: %u requests staged or in flight", busy);
     return throw_coded(env, "uringEngineDestroy", message, "EBUSY", EBUSY);
   }
   // Idempotent; the struct itself goes with the wrapper.

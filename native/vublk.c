@@ -511,9 +511,11 @@ typedef struct {
   napi_ref self;  // strong while active
   napi_async_context async_ctx;
   napi_async_cleanup_hook_handle hook;
+  int fd;
   int owners;
   bool stopped;
-  bool env_gone;  // close callback may only free memory
+  bool env_gone;       // close callback may only free memory
+  bool reset_eventfd;  // read the eventfd before calling back (watchEventfd)
 } watcher;
 
 static void watcher_release(watcher *w) {
@@ -549,10 +551,20 @@ static void watcher_on_poll(uv_poll_t *h, int status, int events) {
   napi_env env = w->env;
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  int result = status < 0 ? status : events;
+  if (w->reset_eventfd && status >= 0) {
+    // Reset the counter here, saving JS a call per wakeup; a later write wakes us again.
+    uint64_t value;
+    ssize_t n;
+    do n = read(w->fd, &value, sizeof value);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) result = -errno;
+    else if (n >= 0 && n != sizeof value) result = -EINVAL;  // not an eventfd
+  }
   napi_value fn, self, arg;
   if (napi_get_reference_value(env, w->callback, &fn) == napi_ok && fn != NULL &&
       napi_get_reference_value(env, w->self, &self) == napi_ok && self != NULL &&
-      napi_create_int32(env, status < 0 ? status : events, &arg) == napi_ok)
+      napi_create_int32(env, result, &arg) == napi_ok)
     invoke_js(env, w->async_ctx, self, fn, 1, &arg);
   napi_close_handle_scope(env, scope);
 }
@@ -596,12 +608,26 @@ static napi_value js_watcher_stop(napi_env env, napi_callback_info info) {
   return make_undefined(env);
 }
 
+static napi_value watch_start(napi_env env, int32_t fd, int32_t events, napi_value callback, bool reset_eventfd);
+
 static napi_value js_watch(napi_env env, napi_callback_info info) {
   ARGS(3);
   int32_t fd, events;
   if (!arg_int32(env, argv[0], "fd", 0, INT32_MAX, &fd)) return NULL;
   if (!arg_int32(env, argv[1], "events", 1, WATCH_EVENT_MASK, &events)) return NULL;
   if (!arg_function(env, argv[2], "callback")) return NULL;
+  return watch_start(env, fd, events, argv[2], false);
+}
+
+static napi_value js_watch_eventfd(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int32_t fd;
+  if (!arg_int32(env, argv[0], "fd", 0, INT32_MAX, &fd)) return NULL;
+  if (!arg_function(env, argv[1], "callback")) return NULL;
+  return watch_start(env, fd, UV_READABLE, argv[1], true);
+}
+
+static napi_value watch_start(napi_env env, int32_t fd, int32_t events, napi_value callback, bool reset_eventfd) {
 
   addon_state *st;
   napi_value ctor, obj, name;
@@ -615,6 +641,8 @@ static napi_value js_watch(napi_env env, napi_callback_info info) {
   watcher *w = calloc(1, sizeof *w);
   if (!w) return throw_errno(env, "calloc", ENOMEM);
   w->env = env;
+  w->fd = fd;
+  w->reset_eventfd = reset_eventfd;
   // Nothing is registered with the loop when uv_poll_init fails.
   int rc = uv_poll_init(loop, &w->poll, fd);
   if (rc < 0) {
@@ -632,7 +660,7 @@ static napi_value js_watch(napi_env env, napi_callback_info info) {
   }
   w->owners = 2;  // uv handle + wrapper
   if (napi_type_tag_object(env, obj, &WATCHER_TAG) != napi_ok ||
-      napi_create_reference(env, argv[2], 1, &w->callback) != napi_ok ||
+      napi_create_reference(env, callback, 1, &w->callback) != napi_ok ||
       napi_create_reference(env, obj, 1, &w->self) != napi_ok ||
       napi_async_init(env, NULL, name, &w->async_ctx) != napi_ok ||
       napi_add_async_cleanup_hook(env, watcher_teardown, w, &w->hook) != napi_ok) {
@@ -1114,6 +1142,7 @@ NAPI_MODULE_INIT() {
       FN("eventfdRead", js_eventfd_read),
       FN("eventfdWrite", js_eventfd_write),
       FN("watch", js_watch),
+      FN("watchEventfd", js_watch_eventfd),
       FN("ioEngineCreate", js_io_engine_create),
       FN("ioEngineSubmit", js_io_engine_submit),
       FN("ioEngineSubmitRange", js_io_engine_submit_range),

@@ -59,7 +59,7 @@ export interface UringStats {
   autoFlushes: number;
   /** Flushes that found requests already complete (served from the page cache) and delivered them at once. */
   flushDeliveries: number;
-  /** SQEs queued and not yet issued. */
+  /** Requests staged in the submission table or queued in the SQ, not yet issued. */
   queued: number;
   sqEntries: number;
   cqEntries: number;
@@ -145,6 +145,12 @@ export interface NativeAddon {
    * back-end channel socketpair).
    */
   watch(fd: number, events: number, callback: (events: number) => void): Watcher;
+  /**
+   * watch() for readability of an eventfd that the addon reads (resets) before each callback,
+   * saving JS the eventfdRead call per wakeup. events < 0 is -errno of that read (-EINVAL:
+   * fd is not an eventfd).
+   */
+  watchEventfd(fd: number, callback: (events: number) => void): Watcher;
 
   // --- I/O engine (thread pool) ----------------------------------------------
   /**
@@ -197,16 +203,19 @@ export interface NativeAddon {
    * remainder, so reads stop early only at end of file; -EAGAIN/-EINTR are retried up to 1000
    * times) or -errno. Use an engine only on the thread that created it (one per iothread).
    *
-   * Submissions are queued and issued together by uringEngineFlush() (one io_uring_enter per
-   * batch) or automatically when the SQ is full. Requests queued from inside onCompletions are
+   * Submissions: JS stages them in `submissions`, a table the addon reads whenever it runs
+   * (layout: src/storage/uring.ts, stageSubmission; at least 7 elements), or passes one through
+   * uringEngineSubmit (the table saves that call's argument checks per request). Both are
+   * queued and issued together by uringEngineFlush() (one io_uring_enter per batch) or
+   * automatically when the SQ is full. Requests staged or queued from inside onCompletions are
    * also issued when that round of completions ends, so a callback need not flush.
    *
    * Finished requests are handed over in batches: `completions` (at least 2 * slots elements,
    * never transferred) receives (slot, result) pairs and `onCompletions(count)` says how many
    * pairs to read from its start, once per round instead of once per request. It runs from the
-   * loop, and also inside uringEngineFlush() when the batch just issued completed at once
-   * (reads served from the page cache) — never inside a submit call, nor inside a flush made
-   * from onCompletions. The fd must stay open until the request is issued.
+   * loop only. uringEngineFlush(engine, true) instead returns the requests already complete
+   * after its enter (reads served from the page cache) in the same pairs, for the caller to
+   * deliver. The fd must stay open until the request is issued.
    *
    * Completions: the loop watches the ring fd, readable while the CQ holds entries (with
    * DEFER_TASKRUN, an eventfd registered with the ring); each wakeup drains the CQ.
@@ -227,7 +236,8 @@ export interface NativeAddon {
    * (kernel.io_uring_disabled, seccomp), ENOMEM (locked-memory limit on old kernels), ...
    */
   uringEngineCreate(slots: number, maxIov: number, entries: number, completions: Float64Array,
-                    onCompletions: (count: number) => void, setupFlags?: number): UringEngineHandle;
+                    submissions: Float64Array, onCompletions: (count: number) => void,
+                    setupFlags?: number): UringEngineHandle;
   /** Queue IO_READ / IO_WRITE / IO_FLUSH (fdatasync) in `slot`, as ioEngineSubmit. Not issued until flushed. */
   uringEngineSubmit(engine: UringEngineHandle, slot: number, op: number, fd: number, offset: number,
                     iov: Float64Array, iovCount: number): void;
@@ -239,15 +249,19 @@ export interface NativeAddon {
   uringEngineSubmitRange(engine: UringEngineHandle, slot: number, op: number, fd: number, offset: number,
                          length: number): void;
   /**
-   * Issue every queued submission with one io_uring_enter; returns how many the kernel took.
-   * Does not throw for kernel errors: if the kernel refuses the batch, those requests complete
-   * with -errno (asynchronously, like any completion).
+   * Take the staged submissions and issue everything queued with one io_uring_enter. With
+   * `collect`, requests complete by then are written to `completions` as (slot, result) pairs
+   * and their count returned (0 from inside onCompletions, which collects them itself);
+   * otherwise they arrive through onCompletions and the result is 0. Does not throw for kernel
+   * errors: if the kernel refuses the batch, those requests complete with -errno through
+   * onCompletions. Throws (RangeError, or EBUSY for a busy slot) for a bad staged record;
+   * the records before it were issued, the rest dropped.
    */
-  uringEngineFlush(engine: UringEngineHandle): number;
-  /** Requests queued, on the ring or on the pool, not yet completed. */
+  uringEngineFlush(engine: UringEngineHandle, collect?: boolean): number;
+  /** Requests staged, queued, on the ring or on the pool, not yet completed. */
   uringEngineInFlight(engine: UringEngineHandle): number;
   uringEngineStats(engine: UringEngineHandle): UringStats;
-  /** Close the ring and free the engine; throws EBUSY with requests in flight. Idempotent. */
+  /** Close the ring and free the engine; throws EBUSY with requests staged or in flight. Idempotent. */
   uringEngineDestroy(engine: UringEngineHandle): void;
 }
 

@@ -7,6 +7,11 @@ export {
 
 export type CompletionHandler = (slot: number, result: number) => void;
 
+/** What engines throw when a slot is submitted again before its completion was delivered. */
+export function slotBusyError(message: string): Error {
+  return Object.assign(new Error(message), { code: 'EBUSY' });
+}
+
 export interface StorageEngine {
   readonly name: string;
   /** Most (address, length) pairs one request may carry. */

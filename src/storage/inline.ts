@@ -10,7 +10,7 @@
 // submits again (a bounced chunk, a write-through sync) is delivered in the
 // same flush.
 import { native } from '../native/addon';
-import { CompletionHandler, IO_FLUSH, StorageEngine } from './engine';
+import { CompletionHandler, IO_FLUSH, slotBusyError, StorageEngine } from './engine';
 
 export const INLINE_MAX_IOV = 1024;
 
@@ -44,7 +44,7 @@ export class InlineEngine implements StorageEngine {
   /** Before running anything: a bad argument throws from the addon and leaves the slot free. */
   private checkFree(slot: number): void {
     if (!(Number.isInteger(slot) && slot >= 0 && slot < this.slots)) throw new RangeError(`slot ${slot} out of range (${this.slots} slots)`);
-    if (this.busy[slot] !== 0) throw busyError(`slot ${slot} is busy`);
+    if (this.busy[slot] !== 0) throw slotBusyError(`slot ${slot} is busy`);
   }
 
   private finished(slot: number, result: number): void {
@@ -80,12 +80,8 @@ export class InlineEngine implements StorageEngine {
   }
 
   close(): void {
-    if (this.count > 0) throw busyError(`inline engine closed with ${this.count} completions undelivered`);
+    if (this.count > 0) throw slotBusyError(`inline engine closed with ${this.count} completions undelivered`);
   }
-}
-
-function busyError(message: string): Error {
-  return Object.assign(new Error(message), { code: 'EBUSY' });
 }
 
 export const inlineEngineFactory = (slots: number, onComplete: CompletionHandler, onRoundEnd?: () => void): InlineEngine =>

@@ -6,7 +6,7 @@ import { native } from '../native/addon';
 import { Logger } from '../util/log';
 import { EngineFactory, StorageEngine } from './engine';
 import { threadPoolEngineFactory } from './threadpool';
-import { UringEngine, UringOptions } from './uring';
+import { submissionTable, UringEngine, UringOptions } from './uring';
 
 export type AioChoice = 'io_uring' | 'threads' | 'auto';
 
@@ -31,7 +31,7 @@ export function probeUring(sysctlPath = IO_URING_SYSCTL): UringAvailability {
   }
   if (disabled === '2') return { ok: false, reason: 'disabled by sysctl kernel.io_uring_disabled=2' };
   try {
-    const h = native.uringEngineCreate(1, 1, 1, new Float64Array(2), () => undefined);
+    const h = native.uringEngineCreate(1, 1, 1, new Float64Array(2), submissionTable(1), () => undefined);
     native.uringEngineDestroy(h);
     return { ok: true };
   } catch (err) {

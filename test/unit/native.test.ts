@@ -412,6 +412,33 @@ describe('native addon', () => {
       assert.notEqual(order[0], order[2]);
     });
 
+    it('resets an eventfd itself before calling back with watchEventfd', async () => {
+      const efd = track(native.eventfd(0));
+      const seen: number[] = [];
+      const w = native.watchEventfd(efd, (events) => seen.push(events));
+      await sleep(20);
+      assert.deepEqual(seen, [], 'nothing is readable yet');
+      native.eventfdWrite(efd, 3);
+      await waitFor('first event', () => seen.length === 1);
+      await sleep(30);
+      assert.deepEqual(seen, [POLL_READABLE], 'one callback: the counter was reset, so it did not fire again');
+      assert.equal(native.eventfdRead(efd), 0);
+      native.eventfdWrite(efd, 1);
+      await waitFor('second event', () => seen.length === 2);
+      w.stop();
+      // Not an eventfd: the read fails and the callback hears -EINVAL (once stopped, never again).
+      const [a, b] = native.socketpair();
+      track(a);
+      track(b);
+      const errors: number[] = [];
+      const bad: Watcher = native.watchEventfd(a, (events) => { errors.push(events); bad.stop(); });
+      native.sendmsg(b, Buffer.from('hello'), 0, 5, null);
+      await waitFor('the error', () => errors.length === 1);
+      assert.deepEqual(errors, [-os.constants.errno.EINVAL]);
+      assert.throws(() => native.watchEventfd(-1, () => undefined), RangeError);
+      assert.throws(() => native.watchEventfd(efd, null as unknown as () => void), TypeError);
+    });
+
     it('validates arguments', () => {
       const efd = track(native.eventfd(0));
       assert.throws(() => native.watch(efd, 0, () => undefined), RangeError);

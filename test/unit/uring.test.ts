@@ -17,7 +17,7 @@ import { CompletionHandler, StorageEngine } from '../../src/storage/engine';
 import { probeUring, selectEngine, UringAvailability } from '../../src/storage/select';
 import { InlineEngine } from '../../src/storage/inline';
 import { ThreadPoolEngine } from '../../src/storage/threadpool';
-import { UringEngine } from '../../src/storage/uring';
+import { stageSubmission, submissionTable, TABLE_COUNT, TABLE_END, TABLE_FIRST, UringEngine } from '../../src/storage/uring';
 import { LOG_LEVEL_VALUES, Logger, setLogSink } from '../../src/util/log';
 import { OpenFiles } from '../support/open-files';
 import { findLogs, parseLogRecords } from '../support/logs';
@@ -220,22 +220,32 @@ for (const [engineName, makeEngine] of ENGINES) {
   });
 }
 
-/** The addon hands completions over in batches; these tests mostly want one call per request. */
-function perRequest(slots: number, cb: CompletionHandler): [Float64Array, (count: number) => void] {
+/**
+ * The completions array, a submission table and onCompletions for uringEngineCreate: the addon
+ * hands completions over in batches; these tests mostly want one call per request.
+ */
+function perRequest(slots: number, cb: CompletionHandler): [Float64Array, Float64Array, (count: number) => void] {
   const done = new Float64Array(2 * slots);
-  return [done, (count) => { for (let i = 0; i < 2 * count; i += 2) cb(done[i], done[i + 1]); }];
+  return [done, submissionTable(slots), (count) => { for (let i = 0; i < 2 * count; i += 2) cb(done[i], done[i + 1]); }];
 }
 
 describe('io_uring engine', () => {
   let dir = '';
   let guest: GuestMemory;
   let handles: UringEngineHandle[] = [];
+  const tables = new Map<UringEngineHandle, Float64Array>();
   const files = new OpenFiles();
   const open = (file: string, flags: string | number): number => files.open(file, flags);
   const create = (slots: number, maxIov: number, entries: number, cb: CompletionHandler, flags?: number): UringEngineHandle => {
-    const h = native.uringEngineCreate(slots, maxIov, entries, ...perRequest(slots, cb), flags);
+    const args = perRequest(slots, cb);
+    const h = native.uringEngineCreate(slots, maxIov, entries, ...args, flags);
     handles.push(h);
+    tables.set(h, args[1]);
     return h;
+  };
+  /** Stage one request in the engine's submission table (it must have room). */
+  const stage = (h: UringEngineHandle, slot: number, op: number, fd: number, offset: number, iov: Float64Array): void => {
+    assert.ok(stageSubmission(tables.get(h)!, slot, op, fd, offset, iov, iov.length / 2), 'room in the table');
   };
 
   beforeEach(() => {
@@ -249,6 +259,7 @@ describe('io_uring engine', () => {
       native.uringEngineDestroy(h);
     }
     handles = [];
+    tables.clear();
     files.closeAll();
     guest.close();
     fs.rmSync(dir, { recursive: true, force: true });
@@ -285,9 +296,11 @@ describe('io_uring engine', () => {
     assert.throws(() => native.uringEngineCreate(1, 1025, 8, ...perRequest(1, noop)), RangeError);
     assert.throws(() => native.uringEngineCreate(1, 1, 0, ...perRequest(1, noop)), RangeError);
     assert.throws(() => native.uringEngineCreate(1, 1, 32769, ...perRequest(1, noop)), RangeError);
-    assert.throws(() => native.uringEngineCreate(1, 1, 8, new Float64Array(2), null as unknown as () => void), TypeError);
-    assert.throws(() => native.uringEngineCreate(2, 1, 8, new Float64Array(3), noop), RangeError, 'room for a pair per slot');
-    assert.throws(() => native.uringEngineCreate(1, 1, 8, new Uint32Array(4) as unknown as Float64Array, noop), TypeError);
+    assert.throws(() => native.uringEngineCreate(1, 1, 8, new Float64Array(2), submissionTable(1), null as unknown as () => void), TypeError);
+    assert.throws(() => native.uringEngineCreate(2, 1, 8, new Float64Array(3), submissionTable(2), noop), RangeError, 'room for a pair per slot');
+    assert.throws(() => native.uringEngineCreate(1, 1, 8, new Uint32Array(4) as unknown as Float64Array, submissionTable(1), noop), TypeError);
+    assert.throws(() => native.uringEngineCreate(1, 1, 8, new Float64Array(2), new Float64Array(6), noop), RangeError, 'room for one record');
+    assert.throws(() => native.uringEngineCreate(1, 1, 8, new Float64Array(2), [] as unknown as Float64Array, noop), TypeError);
     assert.throws(() => native.uringEngineCreate(1, 1, 8, ...perRequest(1, noop), 1 /* IOPOLL */), RangeError);
     // DEFER_TASKRUN needs SINGLE_ISSUER: the kernel's EINVAL comes through, no silent fallback.
     assertCode(() => native.uringEngineCreate(1, 1, 8, ...perRequest(1, noop), URING_SETUP_DEFER_TASKRUN), 'EINVAL');
@@ -333,17 +346,16 @@ describe('io_uring engine', () => {
     await sleep(30);
     assert.equal(results.length, 0, 'queued requests do not complete on their own');
 
-    assert.equal(native.uringEngineFlush(h), N);
+    assert.equal(native.uringEngineFlush(h), 0, 'nothing collected without asking');
     st = native.uringEngineStats(h);
     assert.equal(st.enters, 1, 'one syscall for the whole batch');
     assert.equal(st.submitted, N);
     assert.equal(st.queued, 0);
-    // Reads the page cache serves complete inside the enter and are delivered before
-    // flush() returns (one handover); anything else arrives from the loop.
-    const inFlush = results.length;
-    assert.equal(native.uringEngineStats(h).flushDeliveries, inFlush > 0 ? 1 : 0);
-    assert.equal(native.uringEngineFlush(h), 0, 'an empty flush issues nothing');
-    assert.equal(native.uringEngineStats(h).enters, 1, '... and makes no syscall');
+    // Without `collect`, even reads the page cache served inside the enter come from the loop.
+    assert.equal(results.length, 0);
+    assert.equal(st.flushDeliveries, 0);
+    native.uringEngineFlush(h);
+    assert.equal(native.uringEngineStats(h).enters, 1, 'an empty flush makes no syscall');
 
     await waitFor('all completions', () => results.length === N);
     assert.deepEqual(results.map(([s]) => s).sort((a, b) => a - b), [...Array(N).keys()]);
@@ -356,32 +368,76 @@ describe('io_uring engine', () => {
     assert.equal(native.uringEngineInFlight(h), 0);
   });
 
-  it('delivers requests that completed inside the enter before flush() returns, in one handover', () => {
+  it('takes staged requests at flush and returns those that completed inside the enter', () => {
     // /dev/zero reads never wait, so the kernel completes them while they are submitted
     // (as it does for reads the page cache serves).
     const fd = open('/dev/zero', 'r');
-    guest.bytes.fill(0xee, 0, 4 * 512);
-    const handovers: number[] = [];
-    const done = new Float64Array(8);
-    const h = native.uringEngineCreate(4, 1, 4, done, (count) => {
-      handovers.push(count);
-      // A callback that submits and flushes again: issued, but not delivered inside this handover.
-      if (handovers.length === 1) {
-        native.uringEngineSubmit(h, done[0], IO_READ, fd, 0, Float64Array.of(guest.base, 512), 1);
-        assert.equal(native.uringEngineFlush(h), 1);
-        assert.equal(handovers.length, 1, 'no nested handover');
-      }
-    });
+    guest.bytes.fill(0xee, 0, 5 * 512);
+    let callbacks = 0;
+    const [done, table, onCompletions] = perRequest(4, () => { callbacks++; });
+    const h = native.uringEngineCreate(4, 2, 4, done, table, onCompletions);
     handles.push(h);
-    for (let i = 0; i < 4; i++) native.uringEngineSubmit(h, i, IO_READ, fd, 0, Float64Array.of(guest.base + i * 512, 512), 1);
-    assert.equal(native.uringEngineFlush(h), 4);
-    assert.deepEqual(handovers, [4, 1], 'the batch in one call, then the resubmitted request');
-    assert.deepEqual([...done.subarray(0, 2)], [done[0], 512]);
-    assert.ok(guest.bytes.subarray(0, 4 * 512).every((b) => b === 0));
+    for (let i = 0; i < 3; i++) assert.ok(stageSubmission(table, i, IO_READ, fd, 0, Float64Array.of(guest.base + i * 512, 512), 1));
+    // Records of any size; the pairs of a flush record are skipped.
+    assert.ok(stageSubmission(table, 3, IO_READ, fd, 0, Float64Array.of(guest.base + 3 * 512, 256, guest.base + 4 * 512, 256), 2));
+    assert.equal(table[TABLE_COUNT], 4);
+    assert.equal(native.uringEngineInFlight(h), 4, 'staged requests count as in flight');
+    assert.equal(native.uringEngineStats(h).queued, 4);
+    assertCode(() => native.uringEngineDestroy(h), 'EBUSY');
+    assert.equal(native.uringEngineStats(h).enters, 0, 'staging makes no call');
+
+    assert.equal(native.uringEngineFlush(h, true), 4);
+    assert.deepEqual([table[TABLE_COUNT], table[TABLE_END]], [0, TABLE_FIRST], 'the table is empty again');
+    const pairs = [0, 1, 2, 3].map((i) => [done[2 * i], done[2 * i + 1]]).sort((a, b) => a[0] - b[0]);
+    assert.deepEqual(pairs, [[0, 512], [1, 512], [2, 512], [3, 512]]);
+    assert.equal(callbacks, 0, 'returned, not called back');
+    assert.ok(guest.bytes.subarray(0, 3 * 512 + 256).every((b) => b === 0));
+    assert.ok(guest.bytes.subarray(4 * 512, 4 * 512 + 256).every((b) => b === 0));
+    assert.ok(guest.bytes.subarray(3 * 512 + 256, 4 * 512).every((b) => b === 0xee), 'only the iovecs given');
     const st = native.uringEngineStats(h);
+    assert.equal(st.enters, 1);
     assert.equal(st.flushDeliveries, 1);
     assert.equal(st.wakeups, 0, 'no loop wakeup was needed');
     assert.equal(native.uringEngineInFlight(h), 0);
+  });
+
+  it('checks staged records when it takes them', () => {
+    const fd = open('/dev/zero', 'r');
+    const [done, table, onCompletions] = perRequest(4, () => undefined);
+    const h = native.uringEngineCreate(4, 2, 4, done, table, onCompletions);
+    handles.push(h);
+    const iov = Float64Array.of(guest.base, 512);
+    const bad: Array<[string, () => void, RegExp]> = [
+      ['slot', () => stageSubmission(table, 4, IO_READ, fd, 0, iov, 1), /record 1 has a bad slot/],
+      ['op', () => stageSubmission(table, 1, 3, fd, 0, iov, 1), /bad op/],
+      ['fd', () => stageSubmission(table, 1, IO_READ, 2 ** 31, 0, iov, 1), /bad fd/],
+      ['offset', () => stageSubmission(table, 1, IO_READ, fd, 0.5, iov, 1), /bad offset/],
+      ['offset', () => stageSubmission(table, 1, IO_READ, fd, 2 ** 53 + 2, iov, 1), /bad offset/],
+      ['iovCount', () => stageSubmission(table, 1, IO_READ, fd, 0, new Float64Array(6), 3), /bad iovCount/],
+      ['iovec', () => stageSubmission(table, 1, IO_READ, fd, 0, Float64Array.of(guest.base, -1), 1), /bad iovec 0/],
+      ['count', () => { table[TABLE_COUNT] = 2; }, /record 1 runs past the end/],
+    ];
+    for (const [what, stageBad, message] of bad) {
+      assert.ok(stageSubmission(table, 0, IO_READ, fd, 0, iov, 1));
+      stageBad();
+      assert.throws(() => native.uringEngineFlush(h, true), (err: Error) => err instanceof RangeError && message.test(err.message), what);
+      assert.deepEqual([table[TABLE_COUNT], table[TABLE_END]], [0, TABLE_FIRST], `${what}: the table is emptied`);
+      // The good record before the bad one was issued; /dev/zero completed it inside the enter.
+      assert.equal(native.uringEngineFlush(h, true), 1, what);
+      assert.deepEqual([done[0], done[1]], [0, 512]);
+      assert.equal(native.uringEngineInFlight(h), 0, `${what}: nothing left behind`);
+    }
+    // A header that does not fit the table: nothing is taken.
+    assert.ok(stageSubmission(table, 0, IO_READ, fd, 0, iov, 1));
+    table[TABLE_END] = table.length + 1;
+    assert.throws(() => native.uringEngineFlush(h, true), /do not fit/);
+    assert.equal(native.uringEngineInFlight(h), 0);
+    // A slot staged twice: the second record finds it busy.
+    assert.ok(stageSubmission(table, 2, IO_READ, fd, 0, iov, 1));
+    assert.ok(stageSubmission(table, 2, IO_READ, fd, 0, iov, 1));
+    assertCode(() => native.uringEngineFlush(h), 'EBUSY');
+    assert.equal(native.uringEngineFlush(h, true), 1);
+    assert.throws(() => native.uringEngineFlush(h, 1 as unknown as boolean), TypeError);
   });
 
   it('flushes by itself when the SQ is full', () => {
@@ -392,7 +448,8 @@ describe('io_uring engine', () => {
     assert.equal(st.autoFlushes, 2, 'the 5th and 9th submit found 4 queued');
     assert.equal(st.submitted, 8);
     assert.equal(st.queued, 2);
-    assert.equal(native.uringEngineFlush(h), 2);
+    native.uringEngineFlush(h);
+    assert.equal(native.uringEngineStats(h).submitted, 10);
   });
 
   it('runs 10000 requests through a 64-slot engine with an 8-entry SQ', async function () {
@@ -409,13 +466,13 @@ describe('io_uring engine', () => {
       block[slot] = next++;
       iov[0] = guest.base + slot * BS;
       iov[1] = BS;
-      native.uringEngineSubmit(h, slot, IO_READ, fd, block[slot] * BS, iov, 1);
+      stage(h, slot, IO_READ, fd, block[slot] * BS, iov);
     };
     const h = create(SLOTS, 1, 8, (slot, r) => {
       completed++;
       const got = view.getUint32(slot * BS + BS - 4, true);
       if (!bad && (r !== BS || got !== block[slot])) bad = `slot ${slot}: result ${r}, block ${got}, want ${block[slot]}`;
-      if (next < BLOCKS) issue(slot); // not flushed here: the engine issues it when the wakeup ends
+      if (next < BLOCKS) issue(slot); // staged, not flushed: the engine takes it when the handover returns
     });
     for (let s = 0; s < SLOTS; s++) issue(s);
     native.uringEngineFlush(h);
@@ -589,7 +646,7 @@ describe('io_uring engine in worker threads', function () {
       const tid = native.gettid();
       const seen = [];
       const done = new Float64Array(4);
-      const h = native.uringEngineCreate(2, 2, 2, done, (n) => { for (let i = 0; i < n; i++) onComplete(done[2 * i], done[2 * i + 1]); });
+      const h = native.uringEngineCreate(2, 2, 2, done, new Float64Array(16), (n) => { for (let i = 0; i < n; i++) onComplete(done[2 * i], done[2 * i + 1]); });
       function onComplete(slot, r) {
         seen.push([slot, r, native.gettid() === tid]);
         if (slot === 0) {
@@ -634,7 +691,7 @@ describe('io_uring engine in worker threads', function () {
         // A file in tmpfs: io_uring hands the read to a kernel worker, so it is still in
         // flight when flush() returns (reads that cannot wait would complete inside it).
         const src = fs.openSync(workerData.file, 'r');
-        const h = native.uringEngineCreate(4, 1, 4, new Float64Array(8), () => { throw new Error('must not run at teardown'); });
+        const h = native.uringEngineCreate(4, 1, 4, new Float64Array(8), new Float64Array(16), () => { throw new Error('must not run at teardown'); });
         native.uringEngineSubmit(h, 0, 0, src, 0, Float64Array.of(base, SIZE), 1);
         native.uringEngineFlush(h);
         native.uringEngineSubmit(h, 1, 0, src, 0, Float64Array.of(base, SIZE), 1);
@@ -665,7 +722,7 @@ describe('io_uring engine in worker threads', function () {
         fs.ftruncateSync(mfd, 4096);
         const base = native.mmap(mfd, 4096, 0, true);
         const rfd = fs.openSync(workerData.fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-        const h = native.uringEngineCreate(2, 1, 2, new Float64Array(4), () => { throw new Error('must not run at teardown'); });
+        const h = native.uringEngineCreate(2, 1, 2, new Float64Array(4), new Float64Array(16), () => { throw new Error('must not run at teardown'); });
         native.uringEngineSubmit(h, 0, 0, rfd, 0, Float64Array.of(base, 100), 1);
         native.uringEngineFlush(h);
         native.uringEngineSubmit(h, 1, 0, rfd, 0, Float64Array.of(base, 100), 1); // never issued: dropped
@@ -700,7 +757,7 @@ describe('io_uring engine in worker threads', function () {
       let n = 0;
       const iov = Float64Array.of(base, 4096);
       const done = new Float64Array(2);
-      const h = native.uringEngineCreate(1, 1, 1, done, () => {
+      const h = native.uringEngineCreate(1, 1, 1, done, new Float64Array(16), () => {
         if (++n === 100) parentPort.postMessage('busy');
         native.uringEngineSubmit(h, done[0], 0, fd, 0, iov, 1);
       });
@@ -718,7 +775,7 @@ describe('io_uring engine in worker threads', function () {
       const mfd = native.memfdCreate('w');
       fs.ftruncateSync(mfd, 4096);
       const base = native.mmap(mfd, 4096, 0, true);
-      const h = native.uringEngineCreate(1, 1, 1, new Float64Array(2), () => { throw new Error('boom from onComplete'); });
+      const h = native.uringEngineCreate(1, 1, 1, new Float64Array(2), new Float64Array(16), () => { throw new Error('boom from onComplete'); });
       native.uringEngineSubmit(h, 0, 0, fs.openSync('/dev/zero', 'r'), 0, Float64Array.of(base, 10), 1);
       native.uringEngineFlush(h);`, { addon: ADDON_JS });
     const exited = new Promise((resolve) => worker.once('exit', resolve));
