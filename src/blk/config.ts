@@ -2,7 +2,7 @@
 import {
   CFG, SECTOR_SIZE, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
   VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY,
-  VIRTIO_BLK_F_WRITE_ZEROES,
+  VIRTIO_BLK_F_LIFETIME, VIRTIO_BLK_F_WRITE_ZEROES,
 } from './constants';
 import { BlkCacheState, BlkDisk } from './disk';
 
@@ -53,6 +53,7 @@ export function blkFeatures(disk: BlkDisk, numQueues: number): bigint {
   if (disk.readOnly) f |= bit(VIRTIO_BLK_F_RO);
   if (offersDiscard(disk)) f |= bit(VIRTIO_BLK_F_DISCARD);
   if (offersWriteZeroes(disk)) f |= bit(VIRTIO_BLK_F_WRITE_ZEROES);
+  if (disk.lifetime !== undefined) f |= bit(VIRTIO_BLK_F_LIFETIME);
   return f;
 }
 

@@ -11,6 +11,7 @@ export const VIRTIO_BLK_F_CONFIG_WCE = 11;
 export const VIRTIO_BLK_F_MQ = 12;
 export const VIRTIO_BLK_F_DISCARD = 13;
 export const VIRTIO_BLK_F_WRITE_ZEROES = 14;
+export const VIRTIO_BLK_F_LIFETIME = 15;
 
 export const VIRTIO_BLK_T_IN = 0;
 export const VIRTIO_BLK_T_OUT = 1;
@@ -33,6 +34,12 @@ export const VIRTIO_BLK_S_UNSUPP = 2;
 export const SECTOR_SIZE = 512;
 export const REQUEST_HEADER_SIZE = 16;
 export const ID_BYTES = 20;
+/** struct virtio_blk_lifetime: le16 pre_eol_info, le16 device_lifetime_est_typ_a, le16 device_lifetime_est_typ_b. */
+export const LIFETIME_BYTES = 6;
+/** pre_eol_info: reserved blocks consumed (as eMMC's PRE_EOL_INFO). */
+export const PRE_EOL_INFO = { undefined: 0, normal: 1, warning: 2, urgent: 3 } as const;
+/** device_lifetime_est_typ_a/b: 1 = 0-10 % of the estimated lifetime used, ..., 10 = 90-100 %, 11 = exceeded. */
+export const LIFETIME_EST_MAX = 11;
 
 /** Byte offsets in struct virtio_blk_config. */
 export const CFG = {

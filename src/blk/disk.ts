@@ -31,6 +31,17 @@ export interface BlkDisk {
   readonly memoryBacked?: boolean;
   /** Answer to VIRTIO_BLK_T_GET_ID, at most 20 bytes. */
   readonly serial: string;
+  /** Answer to VIRTIO_BLK_T_GET_LIFETIME; when set, VIRTIO_BLK_F_LIFETIME is offered. */
+  readonly lifetime?: BlkLifetime;
+}
+
+/** Storage wear as the guest sees it (virtio 1.2 §5.2.6: struct virtio_blk_lifetime). */
+export interface BlkLifetime {
+  /** 0 undefined, 1 normal, 2 warning (80 % of reserved blocks consumed), 3 urgent (90 %). */
+  readonly preEolInfo: number;
+  /** Wear of SLC cells, of MLC cells: 0 undefined, 1..10 in 10 % steps of the lifetime used, 11 exceeded. */
+  readonly estTypA: number;
+  readonly estTypB: number;
 }
 
 /** Device policy that the guest may change at runtime (config-wce). */

@@ -18,8 +18,8 @@ import { CHAIN_OK, Chain, SplitQueue, chainErrorNames } from '../virtq/split';
 import type { BounceAllocator, BounceArea } from './bounce';
 import { DWZ_SEG_MAX, maxRangeSectors, offersDiscard, offersWriteZeroes } from './config';
 import {
-  DWZ_SEGMENT_SIZE, ID_BYTES, REQUEST_HEADER_SIZE, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
-  VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+  DWZ_SEGMENT_SIZE, ID_BYTES, LIFETIME_BYTES, REQUEST_HEADER_SIZE, SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_GET_LIFETIME, VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from './constants';
 import { BlkCacheState, BlkDisk } from './disk';
@@ -288,6 +288,8 @@ export class BlkQueue {
         return;
       case VIRTIO_BLK_T_GET_ID:
         return this.getId(head);
+      case VIRTIO_BLK_T_GET_LIFETIME:
+        return this.getLifetime(head);
       case VIRTIO_BLK_T_DISCARD:
       case VIRTIO_BLK_T_WRITE_ZEROES:
         return this.startRange(head, type);
@@ -657,22 +659,47 @@ export class BlkQueue {
   // --- the rest -------------------------------------------------------------------
 
   private getId(head: number): void {
+    const serial = this.o.disk.serial;
+    // The id goes into the device-writable bytes before the status byte, NUL-padded to 20.
+    const written = this.writeDeviceBytes(ID_BYTES, (k) => (k < serial.length ? serial.charCodeAt(k) & 0x7f : 0));
+    this.complete(head, VIRTIO_BLK_S_OK, written + 1);
+  }
+
+  private getLifetime(head: number): void {
+    const life = this.o.disk.lifetime;
+    if (life === undefined) {
+      // Not offered: a request type this device does not support.
+      this.stats.unsupported++;
+      return this.complete(head, VIRTIO_BLK_S_UNSUPP, 1);
+    }
+    const chain = this.chain;
+    if (chain.readableBytes !== REQUEST_HEADER_SIZE) return this.fail(head, 'get-lifetime request with device-readable data');
+    if (chain.writableBytes < LIFETIME_BYTES + 1) return this.fail(head, 'get-lifetime buffer shorter than struct virtio_blk_lifetime');
+    // Three le16 fields; every value fits in the low byte.
+    const written = this.writeDeviceBytes(LIFETIME_BYTES, (k) => (k === 0 ? life.preEolInfo : k === 2 ? life.estTypA : k === 4 ? life.estTypB : 0));
+    if (written < LIFETIME_BYTES) return this.fail(head, 'get-lifetime buffer outside guest memory');
+    this.complete(head, VIRTIO_BLK_S_OK, written + 1);
+  }
+
+  /**
+   * Writes byteAt(0..max-1) into the chain's device-writable buffers, before the status
+   * byte; returns how many bytes landed (fewer if the buffers are shorter or a byte lies
+   * outside guest memory). Control requests only: byteAt is a closure.
+   */
+  private writeDeviceBytes(max: number, byteAt: (k: number) => number): number {
     const chain = this.chain;
     const mem = this.o.mem;
-    const serial = this.o.disk.serial;
-    // The id goes into the device-writable bytes before the status byte.
     let written = 0;
-    for (let i = 0; i < chain.count && written < ID_BYTES; i++) {
+    for (let i = 0; i < chain.count && written < max; i++) {
       if (chain.writable[i] === 0) continue;
-      const room = Math.min(chain.len[i], chain.writableBytes - 1 - written, ID_BYTES - written);
+      const room = Math.min(chain.len[i], chain.writableBytes - 1 - written, max - written);
       for (let j = 0; j < room; j++) {
-        if (!mem.access(chain.addr[i] + j, 1)) break;
-        const k = written + j;
-        mem.bytes[mem.offset] = k < serial.length ? serial.charCodeAt(k) & 0x7f : 0;
+        if (!mem.access(chain.addr[i] + j, 1)) return written + j;
+        mem.bytes[mem.offset] = byteAt(written + j);
       }
       written += Math.max(0, room);
     }
-    this.complete(head, VIRTIO_BLK_S_OK, written + 1);
+    return written;
   }
 
   private fail(head: number, why: string): void {

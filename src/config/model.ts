@@ -63,6 +63,11 @@ export interface ExportOptions {
   'x-vublk-iothread-vq-mapping'?: IothreadVqMapping[];
   /** vublk extensions: serial for GET_ID; the socket file's mode (octal string), owner and group (names or numeric ids). */
   'x-vublk-serial'?: string;
+  /**
+   * vublk extension: storage wear answered to VIRTIO_BLK_T_GET_LIFETIME (offered as
+   * VIRTIO_BLK_F_LIFETIME when given); the estimates are 0 (undefined) to 11 (exceeded).
+   */
+  'x-vublk-lifetime'?: { 'pre-eol-info'?: 'undefined' | 'normal' | 'warning' | 'urgent'; 'typ-a'?: number; 'typ-b'?: number };
   'x-vublk-socket-mode'?: string;
   'x-vublk-socket-owner'?: string;
   'x-vublk-socket-group'?: string;

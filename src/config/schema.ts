@@ -90,6 +90,15 @@ export const exportSchema: Schema = {
       },
     },
     'x-vublk-serial': { type: 'string', maxLength: 20, pattern: '^[\\x20-\\x7e]*$' },
+    'x-vublk-lifetime': {
+      type: 'object',
+      properties: {
+        'pre-eol-info': { enum: ['undefined', 'normal', 'warning', 'urgent'] },
+        'typ-a': uint(11),
+        'typ-b': uint(11),
+      },
+      additionalProperties: false,
+    },
     'x-vublk-socket-mode': { type: 'string', pattern: '^0?[0-7]{3}$' },
     // Names as useradd/groupadd accept them (a trailing $ for machine accounts), or numeric ids.
     'x-vublk-socket-owner': principal,

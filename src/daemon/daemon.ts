@@ -3,6 +3,8 @@
 // the configuration and at runtime by QMP. Errors are thrown as DaemonError
 // with QMP's error class, so the monitor can pass them on unchanged.
 import { EventEmitter } from 'node:events';
+import { PRE_EOL_INFO } from '../blk/constants';
+import { BlkLifetime } from '../blk/disk';
 import { BlockdevOptions, ExportOptions, IothreadObjectOptions } from '../config/model';
 import { roundRobinQueueMap } from '../iothread/device-plane';
 import { Iothread } from '../iothread/iothread';
@@ -163,7 +165,10 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     }
     let exp: BlkExport;
     try {
-      const disk = node.diskFor({ logicalBlockSize: o['logical-block-size'], serial: o['x-vublk-serial'] ?? o.id.slice(0, 20), readOnly: !writable });
+      const disk = node.diskFor({
+        logicalBlockSize: o['logical-block-size'], serial: o['x-vublk-serial'] ?? o.id.slice(0, 20), readOnly: !writable,
+        lifetime: lifetimeOf(o['x-vublk-lifetime']),
+      });
       exp = await BlkExport.open({
         id: o.id, socketPath, listenFd, socketAccess,
         disk, numQueues: queues, writeback: o.writethrough !== true, aio: node.aio,
@@ -233,4 +238,10 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.mainLoop = undefined;
     await Promise.all(threads.map((t) => t.close()));
   }
+}
+
+/** x-vublk-lifetime as GET_LIFETIME answers it: fields left out are 0, "undefined". */
+export function lifetimeOf(o: ExportOptions['x-vublk-lifetime']): BlkLifetime | undefined {
+  if (o === undefined) return undefined;
+  return { preEolInfo: PRE_EOL_INFO[o['pre-eol-info'] ?? 'undefined'], estTypA: o['typ-a'] ?? 0, estTypB: o['typ-b'] ?? 0 };
 }

@@ -8,9 +8,10 @@ import {
 } from '../../protocol';
 import { native } from '../native/addon';
 import {
-  BLK_CONFIG_SIZE, BLK_ID_BYTES, BlkConfig, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH,
-  VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY,
-  VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_CONFIG_S_ACKNOWLEDGE,
+  BLK_CONFIG_SIZE, BLK_ID_BYTES, BLK_LIFETIME_BYTES, BlkConfig, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE,
+  VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_LIFETIME, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+  VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
+  VIRTIO_BLK_T_GET_LIFETIME, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_CONFIG_S_ACKNOWLEDGE,
   VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, decodeBlkConfig, encodeBlkHeader,
 } from './blk-spec';
 import { VhostUserClient } from './client';
@@ -22,7 +23,7 @@ import { Completion, RequestPart, RequestQueue, SubmitOptions } from './request-
 export const DRIVER_FEATURES = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_RING_F_EVENT_IDX) |
   bit(VHOST_USER_F_PROTOCOL_FEATURES) | bit(VIRTIO_BLK_F_SIZE_MAX) | bit(VIRTIO_BLK_F_SEG_MAX) |
   bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_TOPOLOGY) | bit(VIRTIO_BLK_F_CONFIG_WCE) |
-  bit(VIRTIO_BLK_F_MQ) | bit(VIRTIO_BLK_F_RO);
+  bit(VIRTIO_BLK_F_MQ) | bit(VIRTIO_BLK_F_RO) | bit(VIRTIO_BLK_F_LIFETIME);
 
 /** Protocol features this front-end implements. */
 export const FRONTEND_PROTOCOL_FEATURES = bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) |
@@ -72,6 +73,13 @@ export interface BlkIdResult extends BlkStatusResult {
   /** The serial up to its first NUL. */
   id: string;
   bytes: Uint8Array;
+}
+
+/** struct virtio_blk_lifetime as the device wrote it. */
+export interface BlkLifetimeResult extends BlkStatusResult {
+  preEolInfo: number;
+  estTypA: number;
+  estTypB: number;
 }
 
 export interface BlkRequestOptions extends SubmitOptions {
@@ -359,6 +367,15 @@ export class BlkFrontend {
     const end = bytes.indexOf(0);
     const id = Buffer.from(bytes.subarray(0, end < 0 ? bytes.length : end)).toString('latin1');
     return { status: c.status, usedLen: c.usedLen, id, bytes };
+  }
+
+  /** VIRTIO_BLK_T_GET_LIFETIME (sent whether or not VIRTIO_BLK_F_LIFETIME was offered: tests want the answer either way). */
+  async getLifetime(queue: number, opts: SubmitOptions = {}): Promise<BlkLifetimeResult> {
+    const c = await this.submit(queue, [
+      { readable: encodeBlkHeader(VIRTIO_BLK_T_GET_LIFETIME, 0) }, { writable: BLK_LIFETIME_BYTES }, statusPart(),
+    ], opts);
+    const v = new DataView(c.writable[0].buffer, c.writable[0].byteOffset, BLK_LIFETIME_BYTES);
+    return { status: c.status, usedLen: c.usedLen, preEolInfo: v.getUint16(0, true), estTypA: v.getUint16(2, true), estTypB: v.getUint16(4, true) };
   }
 
   /** GET_VRING_BASE for every queue (stops the rings); resolves to the next avail index of each. */

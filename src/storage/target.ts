@@ -7,7 +7,7 @@
 // files take the direct-I/O alignment of the filesystem (statx STATX_DIOALIGN, else
 // the logical block size of the device holding them).
 import * as fs from 'node:fs';
-import { BlkDisk } from '../blk/disk';
+import { BlkDisk, BlkLifetime } from '../blk/disk';
 import { native } from '../native/addon';
 
 export interface OpenTargetOptions {
@@ -189,6 +189,8 @@ export interface DiskGeometry {
   readOnly?: boolean;
   /** Offer discard (when the target can); false answers the policy discard=ignore. */
   discard?: boolean;
+  /** Answer GET_LIFETIME with these figures (and offer VIRTIO_BLK_F_LIFETIME). */
+  lifetime?: BlkLifetime;
 }
 
 function checkGeometry(g: DiskGeometry): void {
@@ -228,6 +230,7 @@ export function exportDisk(target: StorageTarget, g: DiskGeometry): BlkDisk {
     discard: base.discard && !readOnly && g.discard !== false,
     writeZeroes: base.writeZeroes && !readOnly,
     serial: g.serial,
+    ...(g.lifetime !== undefined ? { lifetime: g.lifetime } : {}),
   };
 }
 

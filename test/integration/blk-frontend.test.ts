@@ -10,12 +10,12 @@ import {
   encodeHeader, hasBit,
 } from '../../protocol';
 import {
-  BlkFrontend, FRONTEND_PROTOCOL_FEATURES, SECTOR_SIZE, UNTOUCHED, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
+  BlkFrontend, FRONTEND_PROTOCOL_FEATURES, SECTOR_SIZE, UNTOUCHED, VIRTIO_BLK_F_LIFETIME, VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO,
   VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VRING_DESC_F_NEXT, VhostUserClient, VhostUserError,
   encodeBlkHeader,
 } from '../../src/frontend';
 import { createImage } from '../support/disk-scenario';
-import { ServerProcess, startVublkWithArgs } from '../support/servers';
+import { ServerProcess, startVublkDaemon, startVublkWithArgs } from '../support/servers';
 import { processStopped, waitFor } from '../support/wait';
 
 const IMAGE_SIZE = 16 << 20;
@@ -180,6 +180,13 @@ describe('BlkFrontend against vublk serve', function () {
       assert.equal(r.usedLen, 21, 'used.len: 20 id bytes and the status');
     });
 
+    it('GET_LIFETIME is UNSUPP when the export has no lifetime figures, and the feature is not offered', async () => {
+      assert.ok(!hasBit(fe.offeredFeatures, VIRTIO_BLK_F_LIFETIME));
+      const r = await fe.getLifetime(1);
+      assert.equal(r.status, VIRTIO_BLK_S_UNSUPP);
+      assert.equal(r.usedLen, 1);
+    });
+
     it('a read or write past the end is IOERR and touches nothing', async () => {
       const before = sha(srv.image);
       for (const [sector, len] of [[capacity, 512], [capacity - 1, 1024], [capacity + 1000, 4096], [2 ** 52, 512]]) {
@@ -258,6 +265,33 @@ describe('BlkFrontend against vublk serve', function () {
       assert.equal((await fe.write(0, 8, pattern(1024, 1))).status, VIRTIO_BLK_S_IOERR, 'write length 1024');
       assert.equal((await fe.write(0, 3, pattern(4096, 1))).status, VIRTIO_BLK_S_IOERR, 'write sector 3');
       assert.equal(sha(srv.image), before);
+    });
+  });
+
+  describe('x-vublk-lifetime on a qemu-storage-daemon command line', () => {
+    let srv: Server;
+    let fe: BlkFrontend;
+    before(async () => {
+      const image = path.join(dir, 'life.img');
+      const socketPath = path.join(dir, 'life.sock');
+      createImage(image, IMAGE_SIZE);
+      const s = await startVublkDaemon([
+        '--blockdev', `driver=file,node-name=d,filename=${image}`,
+        '--export', `type=vhost-user-blk,id=life,node-name=d,addr.type=unix,addr.path=${socketPath},writable=on,` +
+          'x-vublk-serial=worn-disk,x-vublk-lifetime.pre-eol-info=warning,x-vublk-lifetime.typ-a=3,x-vublk-lifetime.typ-b=11',
+      ], [socketPath]);
+      srv = { ...s, image, log: s.output };
+      fe = await BlkFrontend.connect({ socketPath, numQueues: 1 });
+    });
+    after(async () => {
+      await fe?.disconnect();
+      await srv?.stop();
+    });
+
+    it('offers VIRTIO_BLK_F_LIFETIME and answers GET_LIFETIME with the figures; GET_ID with the serial', async () => {
+      assert.ok(hasBit(fe.negotiatedFeatures, VIRTIO_BLK_F_LIFETIME));
+      assert.deepEqual(await fe.getLifetime(0), { status: VIRTIO_BLK_S_OK, usedLen: 7, preEolInfo: 2, estTypA: 3, estTypB: 11 });
+      assert.equal((await fe.getId(0)).id, 'worn-disk');
     });
   });
 

@@ -2,8 +2,9 @@ import { strict as assert } from 'node:assert';
 import { BlkDisk } from '../../src/blk/disk';
 import { DWZ_SEG_MAX, blkFeatures, encodeBlkConfig } from '../../src/blk/config';
 import {
-  CFG, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
-  VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+  CFG, LIFETIME_BYTES, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_LIFETIME, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES,
+  VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_GET_LIFETIME, VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../../src/blk/constants';
 import {
@@ -92,6 +93,35 @@ describe('virtio-blk requests', () => {
     assert.equal(id.usedLen, 21);
     assert.equal(Buffer.from(h.g.bytes.subarray(DATA, DATA + 11)).toString('latin1'), 'test-serial');
     assert.equal(h.g.bytes[DATA + 11], 0, 'padded with NULs');
+  });
+
+  it('answers GET_LIFETIME from the configured figures, UNSUPP when there are none', async () => {
+    const lifetime = { preEolInfo: 2, estTypA: 3, estTypB: 11 };
+    const h = harness({ lifetime });
+    h.header(VIRTIO_BLK_T_GET_LIFETIME, 0);
+    h.g.bytes.fill(0xee, DATA, DATA + 16);
+    let r = await h.run(req(LIFETIME_BYTES, true));
+    assert.deepEqual(r, { status: VIRTIO_BLK_S_OK, usedLen: LIFETIME_BYTES + 1 });
+    assert.deepEqual([...h.g.bytes.subarray(DATA, DATA + LIFETIME_BYTES)], [2, 0, 3, 0, 11, 0], 'three le16');
+    assert.equal(h.g.bytes[DATA + LIFETIME_BYTES], 0xee, 'nothing past the struct');
+    // Split over two writable buffers, status in the second.
+    h.g.bytes.fill(0xee, DATA, DATA + 16);
+    r = await h.run([{ addr: HDR, len: 16 }, { addr: DATA, len: 3, write: true }, { addr: DATA + 8, len: 4, write: true }]);
+    assert.deepEqual(r, { status: VIRTIO_BLK_S_OK, usedLen: LIFETIME_BYTES + 1 });
+    assert.deepEqual([...h.g.bytes.subarray(DATA, DATA + 3)], [2, 0, 3]);
+    assert.deepEqual([...h.g.bytes.subarray(DATA + 8, DATA + 12)], [0, 11, 0, VIRTIO_BLK_S_OK]);
+    // Too short for the struct, or with device-readable data: IOERR, and nothing written.
+    h.g.bytes.fill(0xee, DATA, DATA + 16);
+    assert.equal((await h.run(req(LIFETIME_BYTES - 1, true))).status, VIRTIO_BLK_S_IOERR);
+    assert.ok(h.g.bytes.subarray(DATA, DATA + LIFETIME_BYTES - 1).every((b) => b === 0xee));
+    assert.equal((await h.run(req(LIFETIME_BYTES, false))).status, VIRTIO_BLK_S_IOERR);
+    assert.equal(h.engine.calls.length, 0, 'answered from memory');
+
+    const none = harness();
+    none.header(VIRTIO_BLK_T_GET_LIFETIME, 0);
+    none.g.bytes.fill(0xee, DATA, DATA + 16);
+    assert.deepEqual(await none.run(req(LIFETIME_BYTES, true)), { status: VIRTIO_BLK_S_UNSUPP, usedLen: 1 });
+    assert.ok(none.g.bytes.subarray(DATA, DATA + LIFETIME_BYTES).every((b) => b === 0xee));
   });
 
   it('answers unknown request types with UNSUPP', async () => {
@@ -208,6 +238,10 @@ describe('virtio-blk DISCARD and WRITE_ZEROES', () => {
     const noZeroes = { ...baseDisk, writeZeroes: false };
     assert.ok(has(blkFeatures(noZeroes, 1), VIRTIO_BLK_F_DISCARD) && !has(blkFeatures(noZeroes, 1), VIRTIO_BLK_F_WRITE_ZEROES));
     assert.equal(config(noZeroes).getUint32(CFG.maxWriteZeroesSectors, true), 0);
+
+    // VIRTIO_BLK_F_LIFETIME only with figures to answer GET_LIFETIME with.
+    assert.ok(!has(f, VIRTIO_BLK_F_LIFETIME));
+    assert.ok(has(blkFeatures({ ...baseDisk, lifetime: { preEolInfo: 1, estTypA: 0, estTypB: 0 } }, 1), VIRTIO_BLK_F_LIFETIME));
   });
 
   it('reports topology sizes in logical blocks', () => {

@@ -9,6 +9,7 @@ import { checkConfig } from '../../src/config/check';
 import { parseDaemonArgs, readConfigFile } from '../../src/config/cli';
 import { VublkConfig } from '../../src/config/model';
 import { ConfigError } from '../../src/config/schema';
+import { lifetimeOf } from '../../src/daemon/daemon';
 
 function parse(line: string[]): VublkConfig {
   const { config } = parseDaemonArgs(line);
@@ -78,6 +79,14 @@ describe('qemu-storage-daemon command line', () => {
     assert.deepEqual([c.exports[0]['x-vublk-socket-mode'], c.exports[0]['x-vublk-socket-owner'], c.exports[0]['x-vublk-socket-group']], ['0660', 'qemu', '107']);
   });
 
+  it('takes the lifetime figures GET_LIFETIME answers with', () => {
+    const c = parse(['--blockdev', 'file,node-name=d,filename=x', '--export',
+      'vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path=s,x-vublk-lifetime.pre-eol-info=urgent,x-vublk-lifetime.typ-b=10']);
+    assert.deepEqual(c.exports[0]['x-vublk-lifetime'], { 'pre-eol-info': 'urgent', 'typ-b': 10 });
+    assert.deepEqual(lifetimeOf(c.exports[0]['x-vublk-lifetime']), { preEolInfo: 3, estTypA: 0, estTypB: 10 });
+    assert.equal(lifetimeOf(undefined), undefined);
+  });
+
   it('accepts the legacy chardev flags "server" and "nowait"', () => {
     const c = parse(['--chardev', 'socket,id=m,path=m.sock,server,nowait', '--monitor', 'm']);
     assert.deepEqual(c.chardevs[0], { backend: 'socket', id: 'm', path: 'm.sock', server: true, wait: false });
@@ -100,6 +109,9 @@ describe('qemu-storage-daemon command line', () => {
     [['--object', 'iothread,id=io0,poll-max-ns=-1'], /^--object: key 'poll-max-ns': expected an integer, got '-1'$/],
     [['--export', 'type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=s,x-vublk-socket-owner=a:b'], /^--export: key 'x-vublk-socket-owner': must match pattern/],
     [['--export', 'type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=s,x-vublk-socket-group='], /^--export: key 'x-vublk-socket-group': must NOT have fewer than 1 characters$/],
+    [['--export', 'type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=s,x-vublk-lifetime.typ-a=12'], /^--export: key 'x-vublk-lifetime\.typ-a': /],
+    [['--export', 'type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=s,x-vublk-lifetime.pre-eol-info=worn'], /^--export: key 'x-vublk-lifetime\.pre-eol-info': /],
+    [['--export', 'type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=s,x-vublk-lifetime.typ-c=1'], /^--export: unknown key 'x-vublk-lifetime\.typ-c'$/],
     [['--nbd-server', 'addr.type=unix,addr.path=n.sock'], /^--nbd-server: not supported by vublk/],
     [['--bogus'], /^--bogus: unknown option$/],
     [['--blockdev'], /^--blockdev: missing argument$/],
