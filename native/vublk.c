@@ -23,6 +23,8 @@
 
 #include <grp.h>
 #include <pwd.h>
+#include <sys/timerfd.h>
+#include <time.h>
 
 // Tags make unwrap safe against foreign wrapped objects being passed back in.
 static const napi_type_tag WATCHER_TAG = {0x7675626c6b776174ULL, 0x6368657200000001ULL};
@@ -445,6 +447,29 @@ static napi_value js_eventfd(napi_env env, napi_callback_info info) {
   int fd = eventfd((unsigned int)initval, EFD_CLOEXEC | EFD_NONBLOCK);
   if (fd < 0) return throw_errno(env, "eventfd", errno);
   return make_int(env, fd);
+}
+
+// A one-shot CLOCK_MONOTONIC timer as an fd (for delays below libuv's
+// millisecond timers): readable once it expired; watchEventfd resets it.
+static napi_value js_timerfd(napi_env env, napi_callback_info info) {
+  (void)info;
+  int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+  if (fd < 0) return throw_errno(env, "timerfd_create", errno);
+  return make_int(env, fd);
+}
+
+static napi_value js_timerfd_arm(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  int fd;
+  double ns;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  // Up to ~1 hour; 0 disarms.
+  if (!arg_integer(env, argv[1], "ns", 0, 3.6e12, &ns)) return NULL;
+  struct itimerspec its = {0};
+  its.it_value.tv_sec = (time_t)(ns / 1e9);
+  its.it_value.tv_nsec = (long)(ns - (double)its.it_value.tv_sec * 1e9);
+  if (timerfd_settime(fd, 0, &its, NULL) < 0) return throw_errno(env, "timerfd_settime", errno);
+  return make_undefined(env);
 }
 
 static napi_value js_eventfd_read(napi_env env, napi_callback_info info) {
@@ -1140,6 +1165,8 @@ NAPI_MODULE_INIT() {
       FN("memfdCreate", js_memfd_create),
       FN("eventfd", js_eventfd),
       FN("eventfdRead", js_eventfd_read),
+      FN("timerfd", js_timerfd),
+      FN("timerfdArm", js_timerfd_arm),
       FN("eventfdWrite", js_eventfd_write),
       FN("watch", js_watch),
       FN("watchEventfd", js_watch_eventfd),

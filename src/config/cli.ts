@@ -30,6 +30,7 @@ export const DAEMON_USAGE = `usage: vublk [options]   (qemu-storage-daemon compa
            [,x-vublk-iothread-vq-mapping.0.iothread=I,x-vublk-iothread-vq-mapping.0.vqs.0=Q...]
            [,x-vublk-serial=S][,x-vublk-socket-mode=0600]
            [,x-vublk-socket-owner=USER][,x-vublk-socket-group=GROUP]
+           [,x-vublk-coalescing.delay-us=US][,x-vublk-coalescing.iops-threshold=IOPS]
            [,x-vublk-lifetime.pre-eol-info=normal|warning|urgent]
            [,x-vublk-lifetime.typ-a=0..11][,x-vublk-lifetime.typ-b=0..11]
   --chardev socket,id=C,path=P,server=on[,wait=off]  |  socket,id=C,fd=FD,server=on

@@ -68,6 +68,11 @@ export interface ExportOptions {
    * VIRTIO_BLK_F_LIFETIME when given); the estimates are 0 (undefined) to 11 (exceeded).
    */
   'x-vublk-lifetime'?: { 'pre-eol-info'?: 'undefined' | 'normal' | 'warning' | 'urgent'; 'typ-a'?: number; 'typ-b'?: number };
+  /**
+   * vublk extension, like SPDK's vhost_controller_set_coalescing: while a queue takes more
+   * than iops-threshold requests per second (0: always), its interrupts wait up to delay-us.
+   */
+  'x-vublk-coalescing'?: { 'delay-us'?: number; 'iops-threshold'?: number };
   'x-vublk-socket-mode'?: string;
   'x-vublk-socket-owner'?: string;
   'x-vublk-socket-group'?: string;

@@ -56,6 +56,13 @@ export const iothreadSchema: Schema = {
   additionalProperties: false,
 };
 
+/** Interrupt coalescing of an export (x-vublk-coalescing, x-vublk-set-coalescing): at most a second of delay. */
+export const coalescingSchema: Schema = {
+  type: 'object',
+  properties: { 'delay-us': uint(1_000_000), 'iops-threshold': uint(1_000_000_000) },
+  additionalProperties: false,
+};
+
 export const exportSchema: Schema = {
   $id: 'export',
   type: 'object',
@@ -90,6 +97,7 @@ export const exportSchema: Schema = {
       },
     },
     'x-vublk-serial': { type: 'string', maxLength: 20, pattern: '^[\\x20-\\x7e]*$' },
+    'x-vublk-coalescing': coalescingSchema,
     'x-vublk-lifetime': {
       type: 'object',
       properties: {

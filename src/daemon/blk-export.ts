@@ -4,6 +4,7 @@
 import { BlkDevice } from '../blk/device';
 import { BlkDisk } from '../blk/disk';
 import { allocQueueMetrics } from '../blk/queue-metrics';
+import { COALESCING_OFF, CoalescingSettings } from '../dataplane/coalescing';
 import { native } from '../native/addon';
 import { DevicePlane } from '../iothread/device-plane';
 import { Iothread } from '../iothread/iothread';
@@ -30,6 +31,8 @@ export interface BlkExportOptions {
   iothreads: Iothread[];
   /** queueMap[q] = index into iothreads of the owner of queue q. */
   queueMap: number[];
+  /** Interrupt coalescing of the rings (absent: off); changed at runtime with setCoalescing. */
+  coalescing?: CoalescingSettings;
 }
 
 interface Session {
@@ -45,6 +48,8 @@ export class BlkExport {
   private readonly log: Logger;
   private connections = 0;
   private plane: DevicePlane | undefined;
+  /** Interrupt coalescing now in force. */
+  coalescing: CoalescingSettings;
   private resolveReady!: () => void;
   private readonly ready = new Promise<void>((r) => { this.resolveReady = r; });
   /** Set once close() began (QMP query-block-exports "shutting-down"). */
@@ -61,6 +66,7 @@ export class BlkExport {
       exp.listen();
       exp.plane = await DevicePlane.attach({
         type: 'blk', disk: o.disk, writeback: o.writeback, aio: o.aio, metrics: exp.metrics, logContext: { export: o.id },
+        coalescing: exp.coalescing,
       }, o.iothreads, o.queueMap, exp.log);
       exp.resolveReady();
     } catch (e) {
@@ -71,6 +77,7 @@ export class BlkExport {
   }
 
   private constructor(readonly o: BlkExportOptions) {
+    this.coalescing = o.coalescing ?? COALESCING_OFF;
     this.log = rootLog.child({ export: o.id });
     this.device = new BlkDevice({ disk: o.disk, maxQueues: o.numQueues, writeback: o.writeback });
     this.metrics = allocQueueMetrics(o.numQueues);
@@ -138,6 +145,13 @@ export class BlkExport {
   resized(sizeBytes: number): void {
     this.device.resize(sizeBytes - (sizeBytes % this.o.disk.logicalBlockSize));
     this.plane?.setDeviceState(this.device.state());
+  }
+
+  /** Interrupt coalescing of every ring of the export from now on (x-vublk-set-coalescing). */
+  setCoalescing(settings: CoalescingSettings): void {
+    this.coalescing = settings;
+    this.plane?.setCoalescing(settings);
+    this.log.info('interrupt coalescing', { delayUs: settings.delayUs, iopsThreshold: settings.iopsThreshold });
   }
 
   /** Tell a connected driver that the config space changed (new capacity); nothing to do without one. */

@@ -5,6 +5,7 @@
 import { EventEmitter } from 'node:events';
 import { PRE_EOL_INFO } from '../blk/constants';
 import { BlkLifetime } from '../blk/disk';
+import { CoalescingSettings } from '../dataplane/coalescing';
 import { BlockdevOptions, ExportOptions, IothreadObjectOptions } from '../config/model';
 import { roundRobinQueueMap } from '../iothread/device-plane';
 import { Iothread } from '../iothread/iothread';
@@ -172,7 +173,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       exp = await BlkExport.open({
         id: o.id, socketPath, listenFd, socketAccess,
         disk, numQueues: queues, writeback: o.writethrough !== true, aio: node.aio,
-        iothreads: placement.threads, queueMap: placement.queueMap,
+        iothreads: placement.threads, queueMap: placement.queueMap, coalescing: coalescingOf(o['x-vublk-coalescing']),
       });
     } catch (e) {
       throw e instanceof DaemonError ? e : new DaemonError((e as Error).message);
@@ -197,6 +198,13 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       this.emit('event', 'BLOCK_EXPORT_DELETED', { id });
     });
     return { done };
+  }
+
+  /** x-vublk-set-coalescing: interrupt coalescing of an export's rings from now on. */
+  setCoalescing(id: string, settings: CoalescingSettings): void {
+    const e = this.exports.get(id);
+    if (e === undefined) throw new DaemonError(`Export '${id}' is not found`);
+    e.exp.setCoalescing(settings);
   }
 
   /** block_resize: change the node's size and tell the exports of it (and their drivers). */
@@ -238,6 +246,12 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.mainLoop = undefined;
     await Promise.all(threads.map((t) => t.close()));
   }
+}
+
+/** x-vublk-coalescing as the rings use it: left out, off. */
+export function coalescingOf(o: ExportOptions['x-vublk-coalescing']): CoalescingSettings | undefined {
+  if (o === undefined) return undefined;
+  return { delayUs: o['delay-us'] ?? 0, iopsThreshold: o['iops-threshold'] ?? 0 };
 }
 
 /** x-vublk-lifetime as GET_LIFETIME answers it: fields left out are 0, "undefined". */

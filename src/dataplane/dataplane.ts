@@ -6,6 +6,7 @@ import { detachWindows, makeWindows } from '../memory/mapping';
 import { Logger } from '../util/log';
 import { SplitInflight, inflightQueueBytes } from '../virtq/inflight';
 import { SplitQueue, checkRingLayout } from '../virtq/split';
+import { COALESCING_OFF, CoalescingSettings } from './coalescing';
 import { CompletionRound } from './completion-round';
 import { QueueRunner, RequestHandler } from './queue-runner';
 
@@ -63,7 +64,14 @@ export class DataPlane {
 
   /** `round`: the storage engine's rounds of completions, if it reports them (see CompletionRound). */
   constructor(private readonly mem: GuestMemory, private readonly makeHandler: QueueHandlerFactory,
-              private readonly log: Logger, private readonly pollMaxNs = 0, private readonly round?: CompletionRound) {}
+              private readonly log: Logger, private readonly pollMaxNs = 0, private readonly round?: CompletionRound,
+              private coalescing: CoalescingSettings = COALESCING_OFF) {}
+
+  /** Interrupt coalescing for every ring, running and to come. */
+  setCoalescing(settings: CoalescingSettings): void {
+    this.coalescing = settings;
+    for (const { runner } of this.running.values()) runner.setCoalescing(settings);
+  }
 
   isRunning(index: number): boolean { return this.running.has(index); }
 
@@ -78,7 +86,7 @@ export class DataPlane {
     }
     const queue = new SplitQueue(this.mem, layout, cfg.base, { eventIdx: cfg.eventIdx, indirect: cfg.indirect });
     const log = this.log.child({ queue: cfg.index });
-    const runner = new QueueRunner(cfg.index, queue, cfg.kickFd, cfg.callFd, cfg.errFd, log, this.pollMaxNs, this.round);
+    const runner = new QueueRunner(cfg.index, queue, cfg.kickFd, cfg.callFd, cfg.errFd, log, this.pollMaxNs, this.round, this.coalescing);
     const handler = this.makeHandler({ index: cfg.index, queue, mem: this.mem, onCompleted: () => runner.completed(), log });
     // Before the runner starts: recovery decides where the ring resumes.
     const inflightWindows = cfg.inflight === undefined ? undefined : this.trackInflight(queue, cfg, log);

@@ -8,6 +8,7 @@ import { performance } from 'node:perf_hooks';
 import { Watcher, native } from '../native/addon';
 import { Logger } from '../util/log';
 import { SplitQueue } from '../virtq/split';
+import { COALESCING_OFF, CoalescingSettings, InterruptCoalescer } from './coalescing';
 import { CompletionRound, RoundMember } from './completion-round';
 
 /** Device-specific request processing for one queue (virtio-blk: blk/request.ts). */
@@ -89,11 +90,18 @@ export class QueueRunner implements RoundMember {
   private polling = false;
   private pollDeadline = 0;
   private readonly pollTickBound = (): void => this.pollTick();
+  private readonly coalescer = new InterruptCoalescer(() => this.signal(this.callFd), (reason) => this.log.warn(reason));
 
   constructor(readonly index: number, readonly queue: SplitQueue, private kickFd: number,
               private callFd: number, private errFd: number, private readonly log: Logger, pollMaxNs = 0,
-              private readonly round?: CompletionRound) {
+              private readonly round?: CompletionRound, coalescing: CoalescingSettings = COALESCING_OFF) {
     this.poll = new PollWindow(pollMaxNs);
+    this.coalescer.set(coalescing);
+  }
+
+  /** Interrupt coalescing from now on; switching it off sends a waiting interrupt at once. */
+  setCoalescing(settings: CoalescingSettings): void {
+    this.coalescer.set(settings);
   }
 
   /** Current polling window in ns (for tests and diagnostics). */
@@ -135,6 +143,7 @@ export class QueueRunner implements RoundMember {
   }
 
   setCallFd(fd: number): void {
+    this.coalescer.flush();
     this.callFd = fd;
     this.signal(fd);
   }
@@ -211,6 +220,7 @@ export class QueueRunner implements RoundMember {
         this.flush();
       }
     }
+    this.coalescer.took(n);
     return n;
   }
 
@@ -290,11 +300,12 @@ export class QueueRunner implements RoundMember {
     this.flushScheduled = false;
     this.publishPending = false;
     if (this.stopped) return;
-    if (this.queue.publish()) this.signal(this.callFd);
+    if (this.queue.publish() && !this.coalescer.defer()) this.signal(this.callFd);
     if (this.stopWaiter !== undefined && this.queue.inFlight === 0) {
       const done = this.stopWaiter;
       this.stopWaiter = undefined;
       this.stopped = true;
+      this.coalescer.close();
       done();
     }
   }
@@ -307,6 +318,7 @@ export class QueueRunner implements RoundMember {
 
   private reportBroken(): void {
     this.log.error('virtqueue stopped until the device is reset', { reason: this.queue.brokenReason });
+    this.coalescer.flush();
     this.watcher?.stop();
     this.watcher = undefined;
     const fd = this.errFd;

@@ -48,6 +48,8 @@ export class RequestQueue {
   /** Used elements naming heads we never submitted (device bugs or raw-mode leftovers). */
   readonly unknownUsed: UsedElement[] = [];
   completed = 0;
+  /** Interrupts the device sent (eventfd writes; several read at once count each). */
+  interrupts = 0;
 
   constructor(readonly index: number, readonly ring: DriverQueue, readonly ram: GuestRam,
               public kickFd: number, readonly callFd: number) {}
@@ -146,7 +148,7 @@ export class RequestQueue {
       this.fail(new Error(`call eventfd of queue ${this.index} failed (errno ${-events})`));
       return;
     }
-    native.eventfdRead(this.callFd);
+    this.interrupts += native.eventfdRead(this.callFd);
     this.poll();
   }
 

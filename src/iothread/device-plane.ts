@@ -1,6 +1,7 @@
 // The data plane of one device spread over iothreads: each queue belongs to
 // one iothread (the queue map), memory tables and device state go to all of
 // them. This is what the vhost-user back-end of a worker-backed export talks to.
+import { CoalescingSettings } from '../dataplane/coalescing';
 import { RingConfig } from '../dataplane/dataplane';
 import { Logger } from '../util/log';
 import { DataPlaneControl } from './control';
@@ -78,6 +79,11 @@ export class DevicePlane implements DataPlaneControl {
   async setErrFd(index: number, fd: number): Promise<void> { await this.request(this.owner(index), { type: 'err-fd', index, fd }); }
   setDeviceState(state: DeviceState): void {
     for (const t of this.attached) this.post(t, { type: 'state', state });
+  }
+
+  /** Interrupt coalescing for the device's rings on every iothread, running or started later. */
+  setCoalescing(settings: CoalescingSettings): void {
+    for (const t of this.attached) this.post(t, { type: 'coalescing', settings });
   }
 
   /** Stop the device's rings on every iothread (in-flight requests complete) and release its engines there. */

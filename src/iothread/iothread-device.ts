@@ -21,7 +21,7 @@ export class IothreadDevice {
 
   constructor(spec: DeviceSpec, private readonly log: Logger, selectEngine?: EngineSelector, pollMaxNs = 0) {
     this.device = createDeviceRuntime(spec, log, selectEngine);
-    this.dataPlane = new DataPlane(this.mem, this.device.queueHandlers, log, pollMaxNs, this.device.completionRound);
+    this.dataPlane = new DataPlane(this.mem, this.device.queueHandlers, log, pollMaxNs, this.device.completionRound, spec.coalescing);
   }
 
   get engineName(): string { return this.device.engineName; }
@@ -50,6 +50,9 @@ export class IothreadDevice {
         return undefined;
       case 'state':
         this.device.setState(req.state);
+        return undefined;
+      case 'coalescing':
+        this.dataPlane.setCoalescing(req.settings);
         return undefined;
       case 'shutdown':
         await this.shutdown();

@@ -2,6 +2,7 @@
 // few and explicit; guest memory travels as host addresses, never as buffers
 // (structured clone would copy them).
 import { BlkDisk } from '../blk/disk';
+import { CoalescingSettings } from '../dataplane/coalescing';
 import { RingConfig } from '../dataplane/dataplane';
 
 export type AioMode = 'auto' | 'io_uring' | 'threads';
@@ -21,6 +22,8 @@ export interface BlkDeviceSpec {
    * id), so a failing request's record names its export, not only the thread.
    */
   logContext?: Record<string, string>;
+  /** Interrupt coalescing of the device's rings (x-vublk-coalescing); absent: off. */
+  coalescing?: CoalescingSettings;
 }
 export type DeviceSpec = BlkDeviceSpec;
 
@@ -48,6 +51,7 @@ export type DeviceRequest =
   | { type: 'call-fd'; index: number; fd: number }
   | { type: 'err-fd'; index: number; fd: number }
   | { type: 'state'; state: DeviceState }
+  | { type: 'coalescing'; settings: CoalescingSettings }
   | { type: 'shutdown' };
 
 /**

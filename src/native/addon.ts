@@ -132,6 +132,10 @@ export interface NativeAddon {
   eventfdRead(fd: number): number;
   /** Add `value` to the counter (EAGAIN is ignored: the counter is already signalled). */
   eventfdWrite(fd: number, value: number): void;
+  /** timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK): a timer finer than libuv's milliseconds. */
+  timerfd(): number;
+  /** Arm the timer to expire once, `ns` nanoseconds from now (0 disarms); watchEventfd() it. */
+  timerfdArm(fd: number, ns: number): void;
 
   // --- readiness -------------------------------------------------------------
   /**

@@ -104,6 +104,13 @@ export const COMMANDS: Record<string, Command> = {
     args: args({ id: str }, ['id']),
     run: ({ daemon }, a) => daemon.serialise(() => daemon.delIothread(a.id as string)).then(() => ({})),
   },
+  // SPDK's vhost_controller_set_coalescing, for one export: delay-us 0 switches it off.
+  'x-vublk-set-coalescing': {
+    args: args({ id: str, 'delay-us': { type: 'integer', minimum: 0, maximum: 1_000_000 }, 'iops-threshold': { type: 'integer', minimum: 0, maximum: 1_000_000_000 } }, ['id', 'delay-us']),
+    run: ({ daemon }, a) => daemon.serialise(() => daemon.setCoalescing(a.id as string, {
+      delayUs: a['delay-us'] as number, iopsThreshold: (a['iops-threshold'] as number | undefined) ?? 0,
+    })).then(() => ({})),
+  },
   'x-vublk-query-stats': {
     args: noArgs,
     run: (ctx) => {

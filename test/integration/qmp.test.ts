@@ -203,6 +203,44 @@ describe('qemu-storage-daemon compatible daemon and QMP monitor', function () {
     for (const sock of ['a.sock', 'b.sock', 'qmp.sock']) assert.equal(fs.existsSync(path.join(dir, sock)), false, sock);
   });
 
+  it('coalesces interrupts as x-vublk-coalescing says at start, and as x-vublk-set-coalescing changes it', async () => {
+    // 400 ms makes the wait plain to see against a request's own few milliseconds, even on a busy machine.
+    const c = await start(['--export', 'vhost-user-blk,id=ec,node-name=disk-b,addr.type=unix,addr.path=c.sock,x-vublk-coalescing.delay-us=400000'],
+      ['a.sock', 'b.sock', 'c.sock', 'qmp.sock']);
+    const fe = await connect('c.sock');
+    const q = fe.queues[0];
+    const timedBurst = async (n: number): Promise<{ ms: number; interrupts: number }> => {
+      const before = q.interrupts;
+      const t0 = performance.now();
+      const rs = await Promise.all(Array.from({ length: n }, (_, i) => fe.read(0, i * 8, 4096)));
+      for (const r of rs) assert.equal(r.status, VIRTIO_BLK_S_OK);
+      return { ms: performance.now() - t0, interrupts: q.interrupts - before };
+    };
+    let burst = await timedBurst(16);
+    assert.ok(burst.ms >= 350, `the interrupt waited for the delay (${burst.ms.toFixed(0)} ms)`);
+    assert.equal(burst.interrupts, 1, 'one interrupt for the burst');
+
+    await c.execute('x-vublk-set-coalescing', { id: 'ec', 'delay-us': 0 });
+    burst = await timedBurst(16);
+    assert.ok(burst.ms < 350, `no delay once switched off (${burst.ms.toFixed(0)} ms)`);
+    await c.execute('x-vublk-set-coalescing', { id: 'ec', 'delay-us': 400000, 'iops-threshold': 0 });
+    burst = await timedBurst(4);
+    assert.ok(burst.ms >= 350, `delayed again (${burst.ms.toFixed(0)} ms)`);
+    // A threshold the guest stays under: interrupts go out at once.
+    await c.execute('x-vublk-set-coalescing', { id: 'ec', 'delay-us': 400000, 'iops-threshold': 1000000000 });
+    await new Promise((r) => setTimeout(r, 20)); // a new rate window
+    burst = await timedBurst(4);
+    assert.ok(burst.ms < 350, `under the threshold (${burst.ms.toFixed(0)} ms)`);
+
+    await rejectsWith(c.execute('x-vublk-set-coalescing', { id: 'nope', 'delay-us': 1 }), 'GenericError', /Export 'nope' is not found/);
+    await rejectsWith(c.execute('x-vublk-set-coalescing', { id: 'ec', 'delay-us': -1 }), 'GenericError', /delay-us/);
+    // Only the export asked for: ea signals at once.
+    const a = await connect('a.sock', 2);
+    const t0 = performance.now();
+    assert.equal((await a.read(0, 0, 4096)).status, VIRTIO_BLK_S_OK);
+    assert.ok(performance.now() - t0 < 350);
+  });
+
   it('vublk qmp and vublk stats talk to the monitor', async () => {
     await start();
     const fe = await connect('a.sock', 2);

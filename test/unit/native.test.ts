@@ -439,6 +439,23 @@ describe('native addon', () => {
       assert.throws(() => native.watchEventfd(efd, null as unknown as () => void), TypeError);
     });
 
+    it('runs a timerfd with sub-millisecond delays through watchEventfd; 0 disarms it', async () => {
+      const tfd = track(native.timerfd());
+      const fired: number[] = [];
+      const w = native.watchEventfd(tfd, () => fired.push(performance.now()));
+      const t0 = performance.now();
+      native.timerfdArm(tfd, 300_000); // 0.3 ms
+      await waitFor('expiry', () => fired.length === 1);
+      assert.ok(fired[0] - t0 >= 0.3, `fired after ${(fired[0] - t0).toFixed(3)} ms`);
+      native.timerfdArm(tfd, 20e6);
+      native.timerfdArm(tfd, 0);
+      await sleep(40);
+      assert.equal(fired.length, 1, 'disarmed: no second expiry');
+      w.stop();
+      assert.throws(() => native.timerfdArm(tfd, -1), RangeError);
+      assert.throws(() => native.timerfdArm(tfd, 0.5), RangeError);
+    });
+
     it('validates arguments', () => {
       const efd = track(native.eventfd(0));
       assert.throws(() => native.watch(efd, 0, () => undefined), RangeError);
