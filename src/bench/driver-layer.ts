@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { BlkFrontend } from '../frontend';
 import { openCpuWindow } from './cpu';
 import { Measure, startLoad } from './driver';
-import { SCALING, ServerDef, serverArgs, serverDef, workloadLabel, workloads } from './matrix';
+import { COALESCING, SCALING, ServerDef, coalescingKeys, serverArgs, serverDef, workloadLabel, workloads } from './matrix';
 import { Plan, serversFor } from './options';
 import { DriverRow, RunResult, StorageInfo, summarize } from './report';
 import { warmImage } from './images';
@@ -32,10 +32,13 @@ function drainOrFail(drained: Promise<unknown>): Promise<void> {
 /** Guest RAM of the driver: QD 128 on 4 queues needs 512 slots of 4 KiB data plus rings. */
 const DRIVER_RAM_BYTES = 32 << 20;
 
-/** What a row of the report is about; iothreads is set for the scaling runs (kept apart from the matrix's, even with one). */
-type Cell = Pick<DriverRow, 'storage' | 'server' | 'op' | 'qd' | 'queues' | 'iothreads'>;
+/**
+ * What a row of the report is about; iothreads is set for the scaling runs and coalescingUs
+ * for the coalescing runs (kept apart from the matrix's, even with one iothread or 0 µs).
+ */
+type Cell = Pick<DriverRow, 'storage' | 'server' | 'op' | 'qd' | 'queues' | 'iothreads' | 'coalescingUs'>;
 
-const cellKey = (c: Cell): string => `${c.storage}|${c.server}|${c.op}|${c.qd}|${c.queues}|${c.iothreads ?? '-'}`;
+const cellKey = (c: Cell): string => `${c.storage}|${c.server}|${c.op}|${c.qd}|${c.queues}|${c.iothreads ?? '-'}|${c.coalescingUs ?? '-'}`;
 
 /** One measured run over a fresh connection to a running server. */
 async function measure(socket: string, serverPid: number, c: Cell, plan: Plan, round: number): Promise<RunResult> {
@@ -54,7 +57,7 @@ async function measure(socket: string, serverPid: number, c: Cell, plan: Plan, r
     if (m.errors > 0) throw new Error(`${cellKey(c)}: ${m.errors} requests completed with a non-OK status`);
     const lat = m.latencyUs.sorted();
     return {
-      round, ios: m.ios, errors: m.errors, seconds: cpu.seconds,
+      round, ios: m.ios, errors: m.errors, seconds: cpu.seconds, interruptsPerIo: m.interrupts / m.ios,
       iops: m.ios / cpu.seconds,
       p50Us: percentile(lat, 50),
       p99Us: percentile(lat, 99),
@@ -76,10 +79,11 @@ async function measure(socket: string, serverPid: number, c: Cell, plan: Plan, r
 
 /** Start `server` on `storage` with `queues` queues (on `iothreads` iothreads) and run `cells` against it. */
 async function session(server: ServerDef, storage: StorageInfo, queues: number, cells: Cell[], plan: Plan, round: number,
-  record: (c: Cell, r: RunResult) => void, iothreads = 1): Promise<void> {
+  record: (c: Cell, r: RunResult) => void, iothreads = 1, coalescingUs = 0): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-bench-'));
   const socket = path.join(dir, 'sock');
-  const srv = await startServer(server, serverArgs(server, storage.image, storage.direct, queues, socket, iothreads), socket);
+  const args = serverArgs(server, storage.image, storage.direct, queues, socket, iothreads, coalescingKeys(coalescingUs));
+  const srv = await startServer(server, args, socket);
   try {
     for (const c of cells) {
       // Every server starts each workload from the same, warm page cache.
@@ -99,6 +103,7 @@ async function session(server: ServerDef, storage: StorageInfo, queues: number, 
 function logRun(c: Cell, r: RunResult, round: number, rounds: number, log: (line: string) => void): void {
   let what = c.op === 'getid' ? `ceiling GET_ID QD${c.qd}, ${c.queues} queue(s)` : `${c.storage} ${workloadLabel({ op: c.op, qd: c.qd, queues: c.queues })}`;
   if (c.iothreads !== undefined) what += ` on ${c.iothreads} iothread(s)`;
+  if (c.coalescingUs !== undefined) what += c.coalescingUs > 0 ? `, coalescing ${c.coalescingUs} µs` : ', no coalescing';
   log(`driver round ${round}/${rounds} ${c.server.padEnd(12)} ${what.padEnd(38)} ${(r.iops / 1000).toFixed(1).padStart(7)}k IOPS  ` +
     `p50 ${r.p50Us.toFixed(0).padStart(5)} µs  p99 ${r.p99Us.toFixed(0).padStart(6)} µs  ` +
     `server ${r.serverCpuUsPerIo.toFixed(1).padStart(5)} µs/IO  driver ${r.driverCpuUsPerIo.toFixed(1).padStart(4)} µs/IO  ` +
@@ -140,6 +145,13 @@ export class DriverLayer {
         await attempt(`scaling, ${iothreads} iothread(s)`, () => session(vublk, storage, SCALING.queues, cells, plan, round, record, iothreads));
       }
     }
+    if (plan.layers.includes('coalescing')) {
+      const storage = this.storages[0];
+      for (const coalescingUs of [0, COALESCING.delayUs]) {
+        const cells = plan.ops.map((op): Cell => ({ storage: storage.id, server: 'vublk', op, qd: COALESCING.qd, queues: COALESCING.queues, coalescingUs }));
+        await attempt(`coalescing ${coalescingUs} µs`, () => session(vublk, storage, COALESCING.queues, cells, plan, round, record, 1, coalescingUs));
+      }
+    }
     if (!plan.layers.includes('driver')) return;
     for (const queues of plan.queues) {
       const cells = plan.qds.map((qd): Cell => ({ storage: this.storages[0].id, server: 'vublk', op: 'getid', qd, queues }));
@@ -158,17 +170,18 @@ export class DriverLayer {
     }
   }
 
-  result(): { rows: DriverRow[]; ceiling: DriverRow[]; scaling: DriverRow[] } {
+  result(): { rows: DriverRow[]; ceiling: DriverRow[]; scaling: DriverRow[]; coalescing: DriverRow[] } {
     const rows: DriverRow[] = [];
     for (const { cell, runs } of this.runs.all()) {
       const iops = runs.map((r) => r.iops);
       rows.push({ ...cell, median: summarize(runs), iopsMin: Math.min(...iops), iopsMax: Math.max(...iops), runs });
     }
-    const matrix = rows.filter((r) => r.iothreads === undefined);
+    const matrix = rows.filter((r) => r.iothreads === undefined && r.coalescingUs === undefined);
     return {
       rows: matrix.filter((r) => r.op !== 'getid'),
       ceiling: matrix.filter((r) => r.op === 'getid'),
       scaling: rows.filter((r) => r.iothreads !== undefined),
+      coalescing: rows.filter((r) => r.coalescingUs !== undefined),
     };
   }
 }

@@ -36,6 +36,8 @@ export class Measure {
   stopping = false;
   ios = 0;
   errors = 0;
+  /** Interrupts received while recording (ring driver only). */
+  interrupts = 0;
   readonly latencyUs = new SampleRecorder();
 
   done(startMs: number, status: number): void {
@@ -126,7 +128,8 @@ function ringStream(fe: BlkFrontend, qi: number, w: Workload, m: Measure): Strea
   let watcher: Watcher | undefined;
   const onCall = (events: number): void => {
     if (events < 0) throw new Error(`call fd of queue ${qi} failed (errno ${-events})`);
-    native.eventfdRead(rq.callFd);
+    const signals = native.eventfdRead(rq.callFd);
+    if (m.recording) m.interrupts += signals;
     do {
       for (let e = ring.reap(); e !== undefined; e = ring.reap()) {
         const s = e.known ? headSlot[e.id] : -1;

@@ -87,7 +87,8 @@ export const SERVER_BINARY: Record<ServerDef['role'], string> = { vublk: 'bin/vu
  * export takes them as a list (QEMU 9's syntax, which qsd 7.2 lacks: only
  * vublk runs those).
  */
-export function serverArgs(server: ServerDef, image: string, direct: boolean, queues: number | string, socket: string, iothreads = 1): string[] {
+export function serverArgs(server: ServerDef, image: string, direct: boolean, queues: number | string, socket: string, iothreads = 1,
+  exportExtra = ''): string[] {
   const blockdev = `driver=file,node-name=disk,filename=${image},cache.direct=${direct ? 'on' : 'off'}` +
     (server.aio !== undefined ? `,aio=${server.aio}` : '');
   const ids = Array.from({ length: iothreads }, (_, i) => `io${i}`);
@@ -95,7 +96,7 @@ export function serverArgs(server: ServerDef, image: string, direct: boolean, qu
   return [
     '--blockdev', blockdev,
     ...ids.flatMap((id) => ['--object', `iothread,id=${id}`]),
-    '--export', `type=vhost-user-blk,id=e,node-name=disk,addr.type=unix,addr.path=${socket},writable=on,num-queues=${queues},${iothreadKey}`,
+    '--export', `type=vhost-user-blk,id=e,node-name=disk,addr.type=unix,addr.path=${socket},writable=on,num-queues=${queues},${iothreadKey}${exportExtra}`,
   ];
 }
 
@@ -104,6 +105,15 @@ export function serverArgs(server: ServerDef, image: string, direct: boolean, qu
  * one iothread and spread over two.
  */
 export const SCALING = { queues: 4, qd: 32, iothreads: 2 } as const;
+
+/**
+ * The interrupt coalescing check (vublk only): a high queue depth with coalescing off
+ * and with x-vublk-coalescing.delay-us=delayUs (no rate threshold).
+ */
+export const COALESCING = { queues: 1, qd: 128, delayUs: 50 } as const;
+
+/** The export keys that switch coalescing on, for serverArgs' exportExtra. */
+export const coalescingKeys = (delayUs: number): string => (delayUs > 0 ? `,x-vublk-coalescing.delay-us=${delayUs}` : '');
 
 /** The command line as a reader would type it; queues and socket may be placeholders ($QUEUES). */
 export function displayCommand(server: ServerDef, image: string, direct: boolean, queues: number | string, socket: string): string {

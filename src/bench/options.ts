@@ -5,9 +5,12 @@ import {
 } from './matrix';
 import type { LayerSettings } from './report';
 
-/** scaling: vublk alone, SCALING's workload on one iothread and on two (the front-end driver again). */
-export type Layer = 'driver' | 'scaling' | 'guest' | 'host';
-export const LAYERS: readonly Layer[] = ['driver', 'scaling', 'guest', 'host'];
+/**
+ * scaling: vublk alone, SCALING's workload on one iothread and on two; coalescing: vublk alone,
+ * COALESCING's workload with interrupt coalescing off and on (the front-end driver again).
+ */
+export type Layer = 'driver' | 'scaling' | 'coalescing' | 'guest' | 'host';
+export const LAYERS: readonly Layer[] = ['driver', 'scaling', 'coalescing', 'guest', 'host'];
 
 export interface Plan extends LayerSettings {
   layers: Layer[];
@@ -171,6 +174,10 @@ export function estimateSeconds(plan: Plan): Estimate {
   }
   if (has('scaling')) {
     // Two sessions (one and two iothreads) per round on the first storage.
+    driver += plan.rounds * 2 * (COSTS.serverSec + plan.ops.length * driverRun);
+  }
+  if (has('coalescing')) {
+    // Two sessions (coalescing off and on) per round on the first storage.
     driver += plan.rounds * 2 * (COSTS.serverSec + plan.ops.length * driverRun);
   }
   const host = has('host') ? plan.rounds * plan.storages.length * ws.length * (plan.host.durationSec + COSTS.hostRunSec) : 0;

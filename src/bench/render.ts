@@ -2,7 +2,7 @@
 // each qsd engine and their ratios, where the CPU went, the driver ceiling
 // and the exact command lines. Pure.
 import { Comparison, Ratio, compareWorkload } from './compare';
-import { SCALING, ServerDef, ServerId, StorageId, serverDef, serves, storageDef, workloadLabel } from './matrix';
+import { COALESCING, SCALING, ServerDef, ServerId, StorageId, serverDef, serves, storageDef, workloadLabel } from './matrix';
 import {
   BenchReport, DriverRow, GuestRow, HostRow, NOISY_OTHER_PCT, RunFigures, SATURATED_PCT, StorageInfo, limitOf,
 } from './report';
@@ -234,6 +234,41 @@ function scalingSection(r: BenchReport): string[] {
   return lines;
 }
 
+function coalescingSection(r: BenchReport): string[] {
+  const rows = r.driver?.coalescing ?? [];
+  if (rows.length === 0) return [];
+  const storage = r.storages.find((s) => s.id === rows[0].storage);
+  const lines = [`## Interrupt coalescing`, '',
+    `vublk alone, ${storage?.label ?? rows[0].storage}, QD ${COALESCING.qd} on ${COALESCING.queues} queue, the same front-end driver: ` +
+    `the export without coalescing, then with \`x-vublk-coalescing.delay-us=${COALESCING.delayUs}\` (no rate threshold): an interrupt ` +
+    `waits up to ${COALESCING.delayUs} µs, so one covers what completed meanwhile. Fewer interrupts mean fewer eventfd writes for the ` +
+    `server and fewer wake-ups for the driver (a guest's vCPU, under QEMU), at the price of latency.`, ''];
+  const ops = [...new Set(rows.map((x) => x.op))];
+  const perIo = (x: DriverRow | undefined): string => {
+    const v = x?.runs.map((run) => run.interruptsPerIo).filter((n): n is number => n !== undefined) ?? [];
+    return v.length === 0 ? '-' : fmt(median(v), 3);
+  };
+  lines.push(...table(
+    ['workload', 'IOPS (off / on)', 'server CPU µs/IO (off / on)', 'CPU/IO ×', 'driver CPU µs/IO (off / on)',
+      'interrupts per I/O (off / on)', 'p50 / p99 µs, off', 'p50 / p99 µs, on'],
+    'lrrrrrrr',
+    ops.map((op) => {
+      const off = rows.find((x) => x.op === op && x.coalescingUs === 0);
+      const on = rows.find((x) => x.op === op && (x.coalescingUs ?? 0) > 0);
+      const f = (x: DriverRow | undefined, g: (m: RunFigures) => string): string => (x === undefined ? '-' : g(x.median));
+      return [workloadLabel({ op, qd: COALESCING.qd, queues: COALESCING.queues }),
+        `${f(off, (m) => kiops(m.iops))} / ${f(on, (m) => kiops(m.iops))}`,
+        `${f(off, (m) => fmt(m.serverCpuUsPerIo, 1))} / ${f(on, (m) => fmt(m.serverCpuUsPerIo, 1))}`,
+        off !== undefined && on !== undefined ? times(on.median.serverCpuUsPerIo / off.median.serverCpuUsPerIo) : '-',
+        `${f(off, (m) => fmt(m.driverCpuUsPerIo, 1))} / ${f(on, (m) => fmt(m.driverCpuUsPerIo, 1))}`,
+        `${perIo(off)} / ${perIo(on)}`,
+        f(off, (m) => `${fmt(m.p50Us)} / ${fmt(m.p99Us)}`), f(on, (m) => `${fmt(m.p50Us)} / ${fmt(m.p99Us)}`)];
+    }),
+  ));
+  lines.push('');
+  return lines;
+}
+
 /** The run whose IOPS is the median (the lower middle one for an even count). */
 function medianRun<T extends { iops: number }>(runs: readonly T[]): T | undefined {
   const sorted = [...runs].sort((a, b) => a.iops - b.iops);
@@ -365,7 +400,7 @@ export function renderMarkdown(r: BenchReport, names: RenderNames): string {
     }
     lines.push(...ceilingSection(r), ...cpuSection(r));
   }
-  lines.push(...scalingSection(r));
+  lines.push(...scalingSection(r), ...coalescingSection(r));
   if (r.guest !== undefined) {
     lines.push('## 2. Guest', '',
       `fio's IOPS and latency in the guest; server CPU is the server's CPU between the markers the guest prints around fio, ` +

@@ -37,6 +37,8 @@ export interface RunFigures {
 
 export interface RunResult extends RunFigures {
   round: number;
+  /** Interrupts (call eventfd signals) the driver got per I/O; recorded since the coalescing layer. */
+  interruptsPerIo?: number;
   ios: number;
   errors: number;
   seconds: number;
@@ -55,6 +57,8 @@ export interface DriverRow {
   queues: number;
   /** Iothreads the export's queues are spread over (the scaling rows); absent: one. */
   iothreads?: number;
+  /** The coalescing rows: x-vublk-coalescing.delay-us (0: off). */
+  coalescingUs?: number;
   median: RunFigures;
   iopsMin: number;
   iopsMax: number;
@@ -147,7 +151,7 @@ export interface BenchReport {
   /** Server command lines per storage, with $SOCKET and $QUEUES. */
   commands: Array<{ storage: StorageId; server: ServerId; command: string }>;
   /** scaling: vublk's SCALING workload on one iothread and on SCALING.iothreads. */
-  driver?: { rows: DriverRow[]; ceiling: DriverRow[]; scaling: DriverRow[] };
+  driver?: { rows: DriverRow[]; ceiling: DriverRow[]; scaling: DriverRow[]; coalescing?: DriverRow[] };
   guest?: { rows: GuestRow[]; qemuCommand: string; fioCommand: string; bootMs: number };
   host?: { rows: HostRow[]; fioCommand: string };
   /** What failed (a server that would not start or exited, fio errors); everything else still ran. */

@@ -91,6 +91,10 @@ function report(): BenchReport {
         { ...driverRow('tmpfs', 'vublk', 'randread', 32, figures(200_000, 4, 300, { machineBusyPct: 70 })), queues: 4, iothreads: 1 },
         { ...driverRow('tmpfs', 'vublk', 'randread', 32, figures(260_000, 5, 300, { machineBusyPct: 97 })), queues: 4, iothreads: 2 },
       ],
+      coalescing: [0, 50].map((coalescingUs) => {
+        const row = driverRow('tmpfs', 'vublk', 'randread', 128, figures(coalescingUs === 0 ? 250_000 : 200_000, coalescingUs === 0 ? 4 : 3, 1000));
+        return { ...row, coalescingUs, runs: row.runs.map((run) => ({ ...run, interruptsPerIo: coalescingUs === 0 ? 0.08 : 0.01 })) };
+      }),
     },
     guest: { rows: [guest('vublk', 4000, 40), guest('qsd', 3900, 50), guest('qsd-io_uring', 4100, 45)], qemuCommand: 'qemu-system-x86_64 ...', fioCommand: 'fio --name=guest', bootMs: 6400 },
     host: { rows: [host('randread', 1), host('randread', 32), host('randread', 128), host('randwrite', 32)], fioCommand: 'fio --name=host' },
@@ -126,6 +130,12 @@ describe('bench: the markdown report', () => {
     assert.match(md, /^## Scaling: 4 queues on 1 and on 2 iothreads$/m);
     assert.equal(line('| randread QD32, 4 queues |'),
       '| randread QD32, 4 queues | 200.0k | 260.0k | 1.30× | 4.0 / 5.0 | vublk-io0 60% | 30 | 70 / 97 | machine CPU (all 2 cores busy) |');
+  });
+
+  it('the coalescing rows: off against on, CPU per I/O, interrupts per I/O and latency', () => {
+    assert.match(md, /^## Interrupt coalescing$/m);
+    assert.equal(line('| randread QD128, 1 queue | 250.0k / 200.0k |'),
+      '| randread QD128, 1 queue | 250.0k / 200.0k | 4.0 / 3.0 | 0.75× | 1.0 / 1.0 | 0.080 / 0.010 | 500 / 1000 | 500 / 1000 |');
   });
 
   it('the summary takes the median ratio over the workloads and the guest\'s', () => {
