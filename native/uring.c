@@ -522,11 +522,28 @@ static uint32_t table_staged(const uring_engine *e) {
   return is_int_in(n, 0, e->nslots) ? (uint32_t)n : 0;
 }
 
+// A request that cannot go to the kernel: it completes with -err on the next
+// wakeup, through the path of a batch the kernel refused (failed_drain).
+static napi_status slot_fail(uring_engine *e, uring_slot *s, int err) {
+  napi_status st = engine_pin_for_request(e->env, e);
+  if (st != napi_ok) return st;
+  s->busy = true;
+  s->done = 0;
+  s->result = -err;
+  e->in_flight++;
+  e->failed[e->nfailed++] = s->index;  // room: see failed_drain
+  engine_kick(e);
+  return napi_ok;
+}
+
 // Takes the requests JS staged in the submission table: each is checked as
 // uringEngineSubmit checks its arguments and queued as an SQE. The table is
-// empty afterwards. Returns 0, or EBUSY / EINVAL with `err` describing the
-// first bad record: those before it are queued, it and the rest are dropped
-// (JS never stages a bad record; this guards the slots and the kernel).
+// empty afterwards. JS never stages a bad record, but should it: a record
+// with bad fields in a free slot completes with -EINVAL; one naming a bad or
+// busy slot cannot be completed and is skipped; the other records go on
+// either way, unless the table's layout itself is broken (then the rest is
+// lost). Returns 0, or EBUSY / EINVAL with `err` describing the first
+// record that was skipped or lost (the caller reports it).
 static int table_take(uring_engine *e, char *err, size_t errlen) {
   double *t = e->table;
   if (t == NULL || t[TABLE_COUNT] == 0) return 0;
@@ -537,55 +554,55 @@ static int table_take(uring_engine *e, char *err, size_t errlen) {
     snprintf(err, errlen, "submission table: %g records ending at %g do not fit", count, end);
     return EINVAL;
   }
+  int first = 0;
   size_t at = TABLE_FIRST;
   for (uint32_t k = 0; k < (uint32_t)count; k++) {
     const double *r = t + at;
-    if (at + TABLE_RECORD > (size_t)end) {
-      snprintf(err, errlen, "submission table: record %u runs past the end", k);
+    // Without a sound length the next record cannot be found.
+    if (at + TABLE_RECORD > (size_t)end || !is_int_in(r[4], 0, e->max_iov) ||
+        at + TABLE_RECORD + 2 * (size_t)r[4] > (size_t)end) {
+      snprintf(err, errlen, "submission table: record %u runs past the end or has a bad iovCount", k);
       return EINVAL;
     }
-    const char *bad = !is_int_in(r[0], 0, e->nslots - 1) ? "slot"
-                      : !is_int_in(r[1], IO_READ, IO_FLUSH) ? "op"
-                      : !is_int_in(r[2], INT32_MIN, INT32_MAX) ? "fd"
-                      : !is_int_in(r[3], 0, TWO_POW_53)     ? "offset"
-                      : !is_int_in(r[4], 0, e->max_iov)     ? "iovCount"
-                      : at + TABLE_RECORD + 2 * (size_t)r[4] > (size_t)end ? "iovCount (past the end)"
-                                                                           : NULL;
-    if (bad) {
-      snprintf(err, errlen, "submission table: record %u has a bad %s", k, bad);
-      return EINVAL;
-    }
-    uring_slot *s = &e->slots[(uint32_t)r[0]];
-    if (s->busy) {
-      snprintf(err, errlen, "submission table: slot %u is busy", s->index);
-      return EBUSY;
-    }
-    int op = (int)r[1];
     uint32_t n = (uint32_t)r[4];
     const double *pairs = r + TABLE_RECORD;
     at += TABLE_RECORD + 2 * (size_t)n;
-    if (op == IO_FLUSH) n = 0;
-    for (uint32_t i = 0; i < n; i++) {
-      if (!is_int_in(pairs[2 * i], 0, TWO_POW_53) || !is_int_in(pairs[2 * i + 1], 0, TWO_POW_53)) {
-        snprintf(err, errlen, "submission table: record %u has a bad iovec %u", k, i);
-        return EINVAL;
+    if (!is_int_in(r[0], 0, e->nslots - 1) || e->slots[(uint32_t)r[0]].busy) {
+      if (first == 0) {
+        bool range = is_int_in(r[0], 0, e->nslots - 1);
+        snprintf(err, errlen, range ? "submission table: record %u names busy slot %g" : "submission table: record %u has a bad slot", k, r[0]);
+        first = range ? EBUSY : EINVAL;
       }
-      s->iov[i].iov_base = (void *)(uintptr_t)pairs[2 * i];
-      s->iov[i].iov_len = (size_t)pairs[2 * i + 1];
+      continue;
     }
-    s->op = op;
-    s->fd = (int)r[2];
-    s->offset = (uint64_t)r[3];
-    s->iov_count = n;
-    s->iov_next = 0;
-    s->done = 0;
-    slot_advance(s, 0);  // skip leading empty iovecs
-    if (slot_start(e, s) != napi_ok) {
-      snprintf(err, errlen, "submission table: cannot pin the engine");
-      return EINVAL;
+    uring_slot *s = &e->slots[(uint32_t)r[0]];
+    int op = (int)r[1];
+    bool ok = is_int_in(r[1], IO_READ, IO_FLUSH) && is_int_in(r[2], INT32_MIN, INT32_MAX) && is_int_in(r[3], 0, TWO_POW_53);
+    if (op == IO_FLUSH) n = 0;
+    for (uint32_t i = 0; ok && i < n; i++) {
+      ok = is_int_in(pairs[2 * i], 0, TWO_POW_53) && is_int_in(pairs[2 * i + 1], 0, TWO_POW_53);
+      s->iov[i].iov_base = (void *)(uintptr_t)(ok ? pairs[2 * i] : 0);
+      s->iov[i].iov_len = (size_t)(ok ? pairs[2 * i + 1] : 0);
+    }
+    napi_status st;
+    if (!ok) {
+      st = slot_fail(e, s, EINVAL);
+    } else {
+      s->op = op;
+      s->fd = (int)r[2];
+      s->offset = (uint64_t)r[3];
+      s->iov_count = n;
+      s->iov_next = 0;
+      s->done = 0;
+      slot_advance(s, 0);  // skip leading empty iovecs
+      st = slot_start(e, s);
+    }
+    if (st != napi_ok && first == 0) {
+      snprintf(err, errlen, "submission table: cannot pin the engine for record %u", k);
+      first = EINVAL;
     }
   }
-  return 0;
+  return first;
 }
 
 // A bad record staged inside a handover: there is no JS frame to throw into,

@@ -52,8 +52,15 @@ export class InterruptCoalescer {
     if (!this.rateAbove()) return false;
     try {
       if (this.timerFd < 0) {
-        this.timerFd = native.timerfd();
-        this.watcher = native.watchEventfd(this.timerFd, this.onTimerBound);
+        // Both or neither: a timer nobody watches would hold interrupts back for good.
+        const fd = native.timerfd();
+        try {
+          this.watcher = native.watchEventfd(fd, this.onTimerBound);
+        } catch (e) {
+          native.close(fd);
+          throw e;
+        }
+        this.timerFd = fd;
       }
       native.timerfdArm(this.timerFd, this.settings.delayUs * 1000);
     } catch (e) {

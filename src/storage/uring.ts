@@ -64,6 +64,12 @@ export class UringEngine implements StorageEngine {
   private readonly busy: Uint8Array;
   /** Delivering the pairs a flush returned: a flush from a completion must not overwrite them. */
   private delivering = false;
+  /**
+   * A request went to the SQ directly (a range operation, or one the table had no room for).
+   * The addon issues such requests by itself only inside its own deliveries, so a flush goes
+   * round again after delivering what its enter completed if one was queued meanwhile.
+   */
+  private queuedDirect = false;
 
   /** Throws (code ENOSYS, EPERM, ...) when io_uring is unavailable. */
   constructor(slots: number, private readonly onComplete: CompletionHandler, options: UringOptions = {},
@@ -81,6 +87,7 @@ export class UringEngine implements StorageEngine {
     this.checkFree(slot);
     if (!stageSubmission(this.table, slot, op, fd, offset, iov, iovCount)) {
       native.uringEngineSubmit(this.handle!, slot, op, fd, offset, iov, iovCount);
+      this.queuedDirect = true;
     }
     this.busy[slot] = 1;
   }
@@ -89,6 +96,7 @@ export class UringEngine implements StorageEngine {
     this.checkFree(slot);
     native.uringEngineSubmitRange(this.handle!, slot, op, fd, offset, length);
     this.busy[slot] = 1;
+    this.queuedDirect = true;
   }
 
   /** Before staging: the addon checks the rest of a record when it takes it, but a slot must be known free now. */
@@ -110,10 +118,11 @@ export class UringEngine implements StorageEngine {
     this.delivering = true;
     try {
       for (let round = 0; round < FLUSH_ROUNDS; round++) {
+        this.queuedDirect = false;
         const n = native.uringEngineFlush(h, true);
         if (n === 0) return;
         this.deliver(n);
-        if (this.table[TABLE_COUNT] === 0) return;
+        if (this.table[TABLE_COUNT] === 0 && !this.queuedDirect) return;
       }
       native.uringEngineFlush(h, false); // the rest comes from the loop
     } finally {

@@ -401,28 +401,45 @@ describe('io_uring engine', () => {
     assert.equal(native.uringEngineInFlight(h), 0);
   });
 
-  it('checks staged records when it takes them', () => {
+  it('checks staged records when it takes them: bad fields fail that request, bad slots and layouts throw', async () => {
     const fd = open('/dev/zero', 'r');
-    const [done, table, onCompletions] = perRequest(4, () => undefined);
+    const results: Array<[number, number]> = [];
+    const [done, table, onCompletions] = perRequest(4, (slot, r) => results.push([slot, r]));
     const h = native.uringEngineCreate(4, 2, 4, done, table, onCompletions);
     handles.push(h);
     const iov = Float64Array.of(guest.base, 512);
-    const bad: Array<[string, () => void, RegExp]> = [
+    // A free slot with a bad field: that request completes with -EINVAL (from the loop), the others run.
+    const failing: Array<[string, () => void]> = [
+      ['op', () => stageSubmission(table, 1, 3, fd, 0, iov, 1)],
+      ['fd', () => stageSubmission(table, 1, IO_READ, 2 ** 31, 0, iov, 1)],
+      ['offset', () => stageSubmission(table, 1, IO_READ, fd, 0.5, iov, 1)],
+      ['offset', () => stageSubmission(table, 1, IO_READ, fd, 2 ** 53 + 2, iov, 1)],
+      ['iovec', () => stageSubmission(table, 1, IO_READ, fd, 0, Float64Array.of(guest.base, -1), 1)],
+    ];
+    for (const [what, stageBad] of failing) {
+      results.length = 0;
+      assert.ok(stageSubmission(table, 0, IO_READ, fd, 0, iov, 1));
+      stageBad();
+      assert.ok(stageSubmission(table, 2, IO_READ, fd, 0, iov, 1), 'a record after the bad one');
+      const n = native.uringEngineFlush(h, true);
+      assert.deepEqual([table[TABLE_COUNT], table[TABLE_END]], [0, TABLE_FIRST], `${what}: the table is emptied`);
+      const inline = [...Array(n).keys()].map((k) => [done[2 * k], done[2 * k + 1]]).sort((a, b) => a[0] - b[0]);
+      assert.deepEqual(inline, [[0, 512], [2, 512]], `${what}: the good records ran`);
+      await waitFor(`${what}: the bad record's completion`, () => results.length === 1);
+      assert.deepEqual(results, [[1, -ERRNO.EINVAL]], what);
+      assert.equal(native.uringEngineInFlight(h), 0, `${what}: nothing left behind`);
+    }
+    // A record naming no slot, or one too long to find the next by: flush throws; the good record before it ran.
+    const throwing: Array<[string, () => void, RegExp]> = [
       ['slot', () => stageSubmission(table, 4, IO_READ, fd, 0, iov, 1), /record 1 has a bad slot/],
-      ['op', () => stageSubmission(table, 1, 3, fd, 0, iov, 1), /bad op/],
-      ['fd', () => stageSubmission(table, 1, IO_READ, 2 ** 31, 0, iov, 1), /bad fd/],
-      ['offset', () => stageSubmission(table, 1, IO_READ, fd, 0.5, iov, 1), /bad offset/],
-      ['offset', () => stageSubmission(table, 1, IO_READ, fd, 2 ** 53 + 2, iov, 1), /bad offset/],
-      ['iovCount', () => stageSubmission(table, 1, IO_READ, fd, 0, new Float64Array(6), 3), /bad iovCount/],
-      ['iovec', () => stageSubmission(table, 1, IO_READ, fd, 0, Float64Array.of(guest.base, -1), 1), /bad iovec 0/],
+      ['iovCount', () => stageSubmission(table, 1, IO_READ, fd, 0, new Float64Array(6), 3), /record 1 runs past the end or has a bad iovCount/],
       ['count', () => { table[TABLE_COUNT] = 2; }, /record 1 runs past the end/],
     ];
-    for (const [what, stageBad, message] of bad) {
+    for (const [what, stageBad, message] of throwing) {
       assert.ok(stageSubmission(table, 0, IO_READ, fd, 0, iov, 1));
       stageBad();
       assert.throws(() => native.uringEngineFlush(h, true), (err: Error) => err instanceof RangeError && message.test(err.message), what);
       assert.deepEqual([table[TABLE_COUNT], table[TABLE_END]], [0, TABLE_FIRST], `${what}: the table is emptied`);
-      // The good record before the bad one was issued; /dev/zero completed it inside the enter.
       assert.equal(native.uringEngineFlush(h, true), 1, what);
       assert.deepEqual([done[0], done[1]], [0, 512]);
       assert.equal(native.uringEngineInFlight(h), 0, `${what}: nothing left behind`);
@@ -432,11 +449,12 @@ describe('io_uring engine', () => {
     table[TABLE_END] = table.length + 1;
     assert.throws(() => native.uringEngineFlush(h, true), /do not fit/);
     assert.equal(native.uringEngineInFlight(h), 0);
-    // A slot staged twice: the second record finds it busy.
+    // A slot staged twice: the second record finds it busy and is skipped; the records around it run.
     assert.ok(stageSubmission(table, 2, IO_READ, fd, 0, iov, 1));
     assert.ok(stageSubmission(table, 2, IO_READ, fd, 0, iov, 1));
+    assert.ok(stageSubmission(table, 3, IO_READ, fd, 0, iov, 1));
     assertCode(() => native.uringEngineFlush(h), 'EBUSY');
-    assert.equal(native.uringEngineFlush(h, true), 1);
+    assert.equal(native.uringEngineFlush(h, true), 2);
     assert.throws(() => native.uringEngineFlush(h, 1 as unknown as boolean), TypeError);
   });
 
@@ -602,6 +620,26 @@ describe('io_uring engine', () => {
     e.close();
     assert.equal(e.inFlight(), 0);
     assert.equal(e.stats(), undefined);
+  });
+
+  it('issues what a completion delivered by flush() submits, the table or not (a range operation)', async () => {
+    // /dev/zero completes inside the enter, so its completion runs within flush(); the punch
+    // hole it starts goes to the SQ directly and must not wait for a flush that may never come.
+    const zero = open('/dev/zero', 'r');
+    const file = open(path.join(dir, 'holes.img'), 'w+');
+    fs.ftruncateSync(file, 8192);
+    const results: Array<[number, number]> = [];
+    const e: UringEngine = new UringEngine(4, (slot, r) => {
+      results.push([slot, r]);
+      if (slot === 0) e.submitRange(1, 3 /* IO_PUNCH_HOLE */, file, 0, 4096);
+    }, { entries: 4 });
+    e.submit(0, IO_READ, zero, 0, Float64Array.of(guest.base, 512), 1);
+    e.flush();
+    assert.deepEqual(results[0], [0, 512], 'delivered inside flush()');
+    assert.equal(e.stats()!.queued, 0, 'the range operation was issued before flush() returned');
+    await waitFor('the punch hole', () => results.length === 2);
+    assert.deepEqual(results[1], [1, 0]);
+    e.close();
   });
 
   it('delivers completions with DEFER_TASKRUN when asked for', async () => {
