@@ -108,7 +108,7 @@ export class DataPlane {
       log.error('in-flight region unusable; starting it afresh', { reason: r.discarded, base: cfg.base });
     } else if (r.heads.length > 0 || r.fixedUp > 0) {
       log.info('resubmitting requests left in flight', {
-        resubmit: r.heads.length, fixedUp: r.fixedUp, base: cfg.base, usedIdx: queue.usedIdx, lastAvail: queue.lastAvail,
+        resubmit: r.heads.length, fixedUp: r.fixedUp, fixedUpMarked: r.fixedUpMarked, base: cfg.base, usedIdx: queue.usedIdx, lastAvail: queue.lastAvail,
       });
     } else if (!r.initialised && cfg.base !== queue.lastAvail) {
       log.info('in-flight region moves the ring start', { base: cfg.base, lastAvail: queue.lastAvail });

@@ -55,6 +55,8 @@ export interface InflightRecovery {
   initialised: boolean;
   /** Used elements of a half-committed last batch whose in-flight marks were cleared. */
   fixedUp: number;
+  /** Of those, the marks that were still set: completed requests, not resubmitted. */
+  fixedUpMarked: number;
   /** Why the region's contents were thrown away (it was reset as if blank); undefined when they were usable. */
   discarded?: string;
 }
@@ -150,6 +152,10 @@ export class SplitInflight {
 
     // The spec's "last batch" fix-up: the used index went out but not all marks were cleared.
     const batch = (ringUsedIdx - u16[U16_USED_IDX]) & 0xffff;
+    let fixedUpMarked = 0;
+    for (let i = 0, h = u16[U16_LAST_BATCH_HEAD]; i < batch; i++, h = u16[nextU16(h)]) {
+      if (this.u8[inflightByte(h)] !== 0) fixedUpMarked++;
+    }
     if (batch !== 0) this.commit(batch, ringUsedIdx);
 
     const heads: number[] = [];
@@ -162,7 +168,7 @@ export class SplitInflight {
       this.counterLo = this.u32[c];
       this.counterHi = this.u32[c + 1];
     }
-    return { heads: Uint16Array.from(heads), initialised: false, fixedUp: batch };
+    return { heads: Uint16Array.from(heads), initialised: false, fixedUp: batch, fixedUpMarked };
   }
 
   /** Why the region cannot describe this ring; undefined when it can. */
@@ -199,7 +205,7 @@ export class SplitInflight {
     Atomics.store(u16, U16_VERSION, INFLIGHT_VERSION);
     this.counterLo = 0;
     this.counterHi = 0;
-    const r: InflightRecovery = { heads: new Uint16Array(0), initialised: true, fixedUp: 0 };
+    const r: InflightRecovery = { heads: new Uint16Array(0), initialised: true, fixedUp: 0, fixedUpMarked: 0 };
     if (discarded !== undefined) r.discarded = discarded;
     return r;
   }

@@ -180,6 +180,7 @@ describe('split virtqueue in-flight tracking', () => {
     assert.equal(a.t.isInflight(1) && a.t.isInflight(3), true);
     const b = start(g, region, 2);
     assert.equal(b.recovery.fixedUp, 2);
+    assert.equal(b.recovery.fixedUpMarked, 2, 'both marks were still set');
     assert.deepEqual([...b.recovery.heads], [0, 2], 'the guest already has 1 and 3: not again');
     assert.equal(b.t.usedIdx, 2);
     assert.equal(b.q.lastAvail, 4);
@@ -200,6 +201,7 @@ describe('split virtqueue in-flight tracking', () => {
     assert.equal(a.t.isInflight(1), true);
     const b = start(g, region, 3);
     assert.equal(b.recovery.fixedUp, 2, 'the batch since used_idx 1');
+    assert.equal(b.recovery.fixedUpMarked, 1, 'one mark of the two was still set');
     assert.equal(b.t.isInflight(1), false);
     assert.deepEqual([...b.recovery.heads], [2]);
     assert.equal(b.q.lastAvail, 4);
