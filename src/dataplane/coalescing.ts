@@ -37,6 +37,10 @@ export class InterruptCoalescer {
 
   set(settings: CoalescingSettings): void {
     this.settings = settings;
+    // The first window starts now, not when the thread did.
+    this.windowStart = performance.now() * 1e6;
+    this.taken = 0;
+    this.busy = false;
     if (settings.delayUs === 0) this.flush();
   }
 

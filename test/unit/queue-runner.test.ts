@@ -95,6 +95,19 @@ describe('queue runner', () => {
       assert.equal(interrupts(), 1);
     });
 
+    it('measures the rate from when coalescing was set, so a busy queue coalesces after the first window', async () => {
+      const { runner, add } = coalescingRunner(20_000, 1000);
+      runner.start();
+      interrupts();
+      add(50);
+      assert.ok(interrupts() >= 1, 'the first window is still being measured: interrupts go out');
+      await sleep(12);
+      add(1); // 51 requests in ~12 ms: well above 1000 per second
+      assert.equal(interrupts(), 0, 'deferred');
+      await runner.stop();
+      assert.equal(interrupts(), 1);
+    });
+
     it('signals at once while the queue takes fewer requests per second than the threshold', async () => {
       const { runner, add } = coalescingRunner(20_000, 1_000_000);
       runner.start();
