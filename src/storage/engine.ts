@@ -12,6 +12,12 @@ export function slotBusyError(message: string): Error {
   return Object.assign(new Error(message), { code: 'EBUSY' });
 }
 
+/** Before a submission, for engines that track their slots in `busy`: the slot must exist and be free. */
+export function checkSlotFree(busy: Uint8Array, slot: number): void {
+  if (!(Number.isInteger(slot) && slot >= 0 && slot < busy.length)) throw new RangeError(`slot ${slot} out of range (${busy.length} slots)`);
+  if (busy[slot] !== 0) throw slotBusyError(`slot ${slot} is busy`);
+}
+
 export interface StorageEngine {
   readonly name: string;
   /** Most (address, length) pairs one request may carry. */

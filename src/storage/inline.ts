@@ -10,7 +10,7 @@
 // submits again (a bounced chunk, a write-through sync) is delivered in the
 // same flush.
 import { native } from '../native/addon';
-import { CompletionHandler, IO_FLUSH, slotBusyError, StorageEngine } from './engine';
+import { CompletionHandler, IO_FLUSH, checkSlotFree, slotBusyError, StorageEngine } from './engine';
 
 export const INLINE_MAX_IOV = 1024;
 
@@ -32,19 +32,13 @@ export class InlineEngine implements StorageEngine {
   }
 
   submit(slot: number, op: number, fd: number, offset: number, iov: Float64Array, iovCount: number): void {
-    this.checkFree(slot);
+    checkSlotFree(this.busy, slot);
     this.finished(slot, native.ioRun(op, fd, op === IO_FLUSH ? 0 : offset, iov, op === IO_FLUSH ? 0 : iovCount));
   }
 
   submitRange(slot: number, op: number, fd: number, offset: number, length: number): void {
-    this.checkFree(slot);
+    checkSlotFree(this.busy, slot);
     this.finished(slot, native.ioRunRange(op, fd, offset, length));
-  }
-
-  /** Before running anything: a bad argument throws from the addon and leaves the slot free. */
-  private checkFree(slot: number): void {
-    if (!(Number.isInteger(slot) && slot >= 0 && slot < this.slots)) throw new RangeError(`slot ${slot} out of range (${this.slots} slots)`);
-    if (this.busy[slot] !== 0) throw slotBusyError(`slot ${slot} is busy`);
   }
 
   private finished(slot: number, result: number): void {

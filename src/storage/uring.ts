@@ -2,7 +2,7 @@
 // straight from guest memory, one io_uring_enter per batch. Create and use it
 // on one thread only; completions run on that thread's loop.
 import { native, UringEngineHandle, UringStats } from '../native/addon';
-import { CompletionHandler, EngineFactory, slotBusyError, StorageEngine } from './engine';
+import { CompletionHandler, EngineFactory, StorageEngine, checkSlotFree } from './engine';
 
 /** Same as the thread-pool engine, so the device looks the same whichever engine serves it. */
 export const URING_MAX_IOV = 256;
@@ -84,7 +84,7 @@ export class UringEngine implements StorageEngine {
   }
 
   submit(slot: number, op: number, fd: number, offset: number, iov: Float64Array, iovCount: number): void {
-    this.checkFree(slot);
+    checkSlotFree(this.busy, slot);
     if (!stageSubmission(this.table, slot, op, fd, offset, iov, iovCount)) {
       native.uringEngineSubmit(this.handle!, slot, op, fd, offset, iov, iovCount);
       this.queuedDirect = true;
@@ -93,16 +93,10 @@ export class UringEngine implements StorageEngine {
   }
 
   submitRange(slot: number, op: number, fd: number, offset: number, length: number): void {
-    this.checkFree(slot);
+    checkSlotFree(this.busy, slot);
     native.uringEngineSubmitRange(this.handle!, slot, op, fd, offset, length);
     this.busy[slot] = 1;
     this.queuedDirect = true;
-  }
-
-  /** Before staging: the addon checks the rest of a record when it takes it, but a slot must be known free now. */
-  private checkFree(slot: number): void {
-    if (!(Number.isInteger(slot) && slot >= 0 && slot < this.busy.length)) throw new RangeError(`slot ${slot} out of range (${this.busy.length} slots)`);
-    if (this.busy[slot] !== 0) throw slotBusyError(`slot ${slot} is busy`);
   }
 
   /**
