@@ -33,8 +33,6 @@ export class InterruptCoalescer {
   /** `interrupt` signals the guest; `warn` reports a timer that cannot work (interrupts then go out at once). */
   constructor(private readonly interrupt: () => void, private readonly warn: (reason: string) => void) {}
 
-  get current(): CoalescingSettings { return this.settings; }
-
   set(settings: CoalescingSettings): void {
     this.settings = settings;
     // The first window starts now, not when the thread did.

@@ -2,8 +2,8 @@
 // arguments and results. Each validates its arguments with the same schemas
 // as the command line and works on the Daemon.
 import { BlockdevOptions, ExportOptions, IothreadObjectOptions } from '../config/model';
-import { ConfigError, Schema, blockdevSchema, exportSchema, iothreadSchema, validate } from '../config/schema';
-import { Daemon, DaemonError } from '../daemon/daemon';
+import { ConfigError, Schema, blockdevSchema, coalescingSchema, exportSchema, iothreadSchema, validate } from '../config/schema';
+import { Daemon, DaemonError, coalescingOf } from '../daemon/daemon';
 
 /** A QMP error reply: `class` and `desc`, as QEMU sends them. */
 export class QmpError extends Error {
@@ -106,10 +106,8 @@ export const COMMANDS: Record<string, Command> = {
   },
   // SPDK's vhost_controller_set_coalescing, for one export: delay-us 0 switches it off.
   'x-vublk-set-coalescing': {
-    args: args({ id: str, 'delay-us': { type: 'integer', minimum: 0, maximum: 1_000_000 }, 'iops-threshold': { type: 'integer', minimum: 0, maximum: 1_000_000_000 } }, ['id', 'delay-us']),
-    run: ({ daemon }, a) => daemon.serialise(() => daemon.setCoalescing(a.id as string, {
-      delayUs: a['delay-us'] as number, iopsThreshold: (a['iops-threshold'] as number | undefined) ?? 0,
-    })).then(() => ({})),
+    args: args({ id: str, ...(coalescingSchema.properties as Record<string, Schema>) }, ['id', 'delay-us']),
+    run: ({ daemon }, a) => daemon.serialise(() => daemon.setCoalescing(a.id as string, coalescingOf(a)!)).then(() => ({})),
   },
   'x-vublk-query-stats': {
     args: noArgs,
