@@ -3,12 +3,12 @@
 import { GuestMemory } from '../memory/guest-memory';
 import { EngineHub } from '../storage/engine-hub';
 import { Logger } from '../util/log';
-import { SplitQueue } from '../virtq/split';
+import { Virtqueue } from '../virtq/virtqueue';
 import { BlkCacheState, BlkDisk } from './disk';
 import { BlkQueue, BlkQueueStats } from './request';
 
 export interface BlkQueueContext {
-  queue: SplitQueue;
+  queue: Virtqueue;
   mem: GuestMemory;
   onCompleted: () => void;
   log: Logger;

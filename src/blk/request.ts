@@ -14,7 +14,8 @@ import {
 } from '../storage/engine';
 import { errnoName } from '../util/errno';
 import { Logger } from '../util/log';
-import { CHAIN_OK, Chain, SplitQueue, chainErrorNames } from '../virtq/split';
+import { CHAIN_OK, Chain, chainErrorNames } from '../virtq/chain';
+import { Virtqueue } from '../virtq/virtqueue';
 import type { BounceAllocator, BounceArea } from './bounce';
 import { DWZ_SEG_MAX, maxRangeSectors, offersDiscard, offersWriteZeroes } from './config';
 import {
@@ -46,7 +47,7 @@ export const BOUNCE_SLOT_BYTES = 1 << 20;
 const PAGE_SIZE = 4096;
 
 export interface BlkQueueOptions {
-  queue: SplitQueue;
+  queue: Virtqueue;
   mem: GuestMemory;
   disk: BlkDisk;
   cache: BlkCacheState;

@@ -4,8 +4,8 @@
 import { GuestMemory, RegionWindow } from '../memory/guest-memory';
 import { detachWindows, makeWindows } from '../memory/mapping';
 import { Logger } from '../util/log';
-import { SplitInflight, inflightQueueBytes } from '../virtq/inflight';
-import { SplitQueue, checkRingLayout } from '../virtq/split';
+import { checkQueueLayout, inflightBytesFor, makeQueue } from '../virtq/make-queue';
+import { Virtqueue } from '../virtq/virtqueue';
 import { COALESCING_OFF, CoalescingSettings } from './coalescing';
 import { CompletionRound } from './completion-round';
 import { QueueRunner, RequestHandler } from './queue-runner';
@@ -25,11 +25,13 @@ export interface RingConfig {
   enabled: boolean;
   eventIdx: boolean;
   indirect: boolean;
+  /** VIRTIO_F_RING_PACKED: a packed ring (desc/avail/used addresses are the descriptor ring and the driver and device areas). */
+  packed: boolean;
   /** This queue's part of the front-end's in-flight region (INFLIGHT_SHMFD), when it set one. */
   inflight?: InflightQueueRegion;
 }
 
-/** Where one queue's QueueRegionSplit is mapped in this process (the control plane owns the mapping). */
+/** Where one queue's QueueRegionSplit or QueueRegionPacked is mapped in this process (the control plane owns the mapping). */
 export interface InflightQueueRegion {
   hostAddr: number;
   /** Descriptors the region was laid out for (VhostUserInflight.queue_size); at least the ring's size. */
@@ -38,7 +40,7 @@ export interface InflightQueueRegion {
 
 export interface QueueContext {
   index: number;
-  queue: SplitQueue;
+  queue: Virtqueue;
   mem: GuestMemory;
   /** Tell the runner that used elements were pushed. */
   onCompleted: () => void;
@@ -79,12 +81,17 @@ export class DataPlane {
   startRing(cfg: RingConfig): string | undefined {
     if (this.running.has(cfg.index)) return `queue ${cfg.index} already started`;
     const layout = { size: cfg.size, descAddr: cfg.descAddr, availAddr: cfg.availAddr, usedAddr: cfg.usedAddr };
-    const why = checkRingLayout(this.mem, layout);
+    const why = checkQueueLayout(this.mem, layout, cfg.packed);
     if (why !== undefined) return `queue ${cfg.index}: ${why}`;
     if (cfg.inflight !== undefined && cfg.size > cfg.inflight.queueSize) {
       return `queue ${cfg.index}: size ${cfg.size} exceeds the ${cfg.inflight.queueSize} descriptors of its in-flight region`;
     }
-    const queue = new SplitQueue(this.mem, layout, cfg.base, { eventIdx: cfg.eventIdx, indirect: cfg.indirect });
+    let queue: Virtqueue;
+    try {
+      queue = makeQueue(this.mem, layout, cfg.base, cfg);
+    } catch (e) {
+      return `queue ${cfg.index}: ${(e as Error).message}`;
+    }
     const log = this.log.child({ queue: cfg.index });
     const runner = new QueueRunner(cfg.index, queue, cfg.kickFd, cfg.callFd, cfg.errFd, log, this.pollMaxNs, this.round, this.coalescing);
     const handler = this.makeHandler({ index: cfg.index, queue, mem: this.mem, onCompleted: () => runner.completed(), log });
@@ -94,24 +101,24 @@ export class DataPlane {
     runner.setEnabled(cfg.enabled);
     this.running.set(cfg.index, { runner, handler, inflightWindows });
     runner.start();
-    log.debug('queue started', { size: cfg.size, base: cfg.base, lastAvail: queue.lastAvail, inflight: cfg.inflight !== undefined });
+    log.debug('queue started', { size: cfg.size, base: cfg.base, packed: cfg.packed, ...queue.describe(), inflight: cfg.inflight !== undefined });
     return undefined;
   }
 
   /** Attach the queue's in-flight region: recover what a previous process left in flight, then track. */
-  private trackInflight(queue: SplitQueue, cfg: RingConfig, log: Logger): RegionWindow[] {
+  private trackInflight(queue: Virtqueue, cfg: RingConfig, log: Logger): RegionWindow[] {
     const region = cfg.inflight!;
-    const windows = makeWindows(region.hostAddr, inflightQueueBytes(region.queueSize));
-    const r = queue.trackInflight(new SplitInflight(windows[0].buffer, 0, region.queueSize));
+    const windows = makeWindows(region.hostAddr, inflightBytesFor(cfg.packed, region.queueSize));
+    const r = queue.trackInflight(windows[0].buffer, 0, region.queueSize);
     if (r.discarded !== undefined) {
       // Requests the previous process had in flight (if any) are lost to the guest; say so loudly.
       log.error('in-flight region unusable; starting it afresh', { reason: r.discarded, base: cfg.base });
     } else if (r.heads.length > 0 || r.fixedUp > 0) {
       log.info('resubmitting requests left in flight', {
-        resubmit: r.heads.length, fixedUp: r.fixedUp, fixedUpMarked: r.fixedUpMarked, base: cfg.base, usedIdx: queue.usedIdx, lastAvail: queue.lastAvail,
+        resubmit: r.heads.length, fixedUp: r.fixedUp, fixedUpMarked: r.fixedUpMarked, base: cfg.base, ...queue.describe(),
       });
-    } else if (!r.initialised && cfg.base !== queue.lastAvail) {
-      log.info('in-flight region moves the ring start', { base: cfg.base, lastAvail: queue.lastAvail });
+    } else if (!r.initialised && cfg.base !== queue.base) {
+      log.info('in-flight region moves the ring start', { base: cfg.base, ...queue.describe() });
     }
     return windows;
   }

@@ -7,7 +7,7 @@
 import { performance } from 'node:perf_hooks';
 import { Watcher, native } from '../native/addon';
 import { Logger } from '../util/log';
-import { SplitQueue } from '../virtq/split';
+import { Virtqueue } from '../virtq/virtqueue';
 import { COALESCING_OFF, CoalescingSettings, InterruptCoalescer } from './coalescing';
 import { CompletionRound, RoundMember } from './completion-round';
 
@@ -92,7 +92,7 @@ export class QueueRunner implements RoundMember {
   private readonly pollTickBound = (): void => this.pollTick();
   private readonly coalescer = new InterruptCoalescer(() => this.signal(this.callFd), (reason) => this.log.warn(reason));
 
-  constructor(readonly index: number, readonly queue: SplitQueue, private kickFd: number,
+  constructor(readonly index: number, readonly queue: Virtqueue, private kickFd: number,
               private callFd: number, private errFd: number, private readonly log: Logger, pollMaxNs = 0,
               private readonly round?: CompletionRound, coalescing: CoalescingSettings = COALESCING_OFF) {
     this.poll = new PollWindow(pollMaxNs);
@@ -331,7 +331,7 @@ export class QueueRunner implements RoundMember {
     this.watcher?.stop();
     this.watcher = undefined;
     return new Promise<number>((resolve) => {
-      this.stopWaiter = () => resolve(this.queue.lastAvail);
+      this.stopWaiter = () => resolve(this.queue.base);
       this.flush();
     });
   }

@@ -3,7 +3,7 @@
 // getId build request chains in our own guest RAM and resolve with the status
 // byte the device wrote.
 import {
-  InflightPayload, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+  InflightPayload, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC, bit, hasBit,
 } from '../../protocol';
 import { native } from '../native/addon';
@@ -15,7 +15,8 @@ import {
   VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK, decodeBlkConfig, encodeBlkHeader,
 } from './blk-spec';
 import { VhostUserClient } from './client';
-import { DriverQueue, allocateRing } from './driver-queue';
+import { DriverQueue, DriverRing, allocateRing } from './driver-queue';
+import { PackedDriverQueue, allocatePackedRing } from './packed-driver-queue';
 import { GuestRam } from './guest-ram';
 import { Completion, RequestPart, RequestQueue, SubmitOptions } from './request-queue';
 
@@ -39,6 +40,8 @@ export interface BlkConnectOptions {
   memoryBytes?: number;
   /** Virtio features the driver asks for; the device's offer is intersected with them. */
   features?: bigint;
+  /** Ask for VIRTIO_F_RING_PACKED too (QEMU's packed=on) and drive packed rings when the device offers it. */
+  packed?: boolean;
   /** Protocol features to acknowledge (intersected with the offer); e.g. drop CONFIGURE_MEM_SLOTS to get SET_MEM_TABLE. */
   protocolFeatures?: bigint;
   /** Reply timeout of the control connection. */
@@ -179,20 +182,22 @@ export class BlkFrontend {
       await BlkFrontend.sendMemory(client, n, ram);
       inflight = await BlkFrontend.setInflight(client, o, n, undefined, queueSize);
       const eventIdx = hasBit(n.features, VIRTIO_RING_F_EVENT_IDX);
+      const packed = hasBit(n.features, VIRTIO_F_RING_PACKED);
       for (let i = 0; i < o.numQueues; i++) {
         const kickFd = native.eventfd(0);
         fds.push(kickFd);
         const callFd = native.eventfd(0);
         fds.push(callFd);
-        const layout = allocateRing(queueSize, ram.allocator);
         // The kick fd may be replaced later (replaceKickFd), so notify reads it from the queue.
-        const ring: DriverQueue = new DriverQueue(ram.buffer, layout, {
-          eventIdx, allocator: ram.allocator, notify: () => native.eventfdWrite(q.kickFd, 1),
-        });
+        const ringOptions = { eventIdx, allocator: ram.allocator, notify: () => native.eventfdWrite(q.kickFd, 1) };
+        const ring: DriverRing = packed
+          ? new PackedDriverQueue(ram.buffer, allocatePackedRing(queueSize, ram.allocator), ringOptions)
+          : new DriverQueue(ram.buffer, allocateRing(queueSize, ram.allocator), ringOptions);
         ring.clearRings();
         const q: RequestQueue = new RequestQueue(i, ring, ram, kickFd, callFd);
         queues.push(q);
-        await BlkFrontend.startRing(client, n, q, 0, () => q.start());
+        // A fresh ring: split starts at avail index 0; packed at position 0 with both wrap counters 1, as QEMU sends it.
+        await BlkFrontend.startRing(client, n, q, ring.resumeBase(), () => q.start());
       }
       await BlkFrontend.driverOk(client, n);
       fe = new BlkFrontend(client, o, ram, queues, n, inflight);
@@ -224,7 +229,7 @@ export class BlkFrontend {
       if (n.features !== this.n.features) throw new Error(`features changed across the reconnect: 0x${n.features.toString(16)}, were 0x${this.n.features.toString(16)}`);
       await BlkFrontend.sendMemory(client, n, this.ram);
       this.inflightRegion = await BlkFrontend.setInflight(client, this.o, n, this.inflightRegion, this.queues[0]?.ring.size ?? 128);
-      for (const q of this.queues) await BlkFrontend.startRing(client, n, q, q.ring.deviceUsedIdx);
+      for (const q of this.queues) await BlkFrontend.startRing(client, n, q, q.ring.resumeBase());
       await BlkFrontend.driverOk(client, n);
       this.n = n;
     } catch (e) {
@@ -260,7 +265,7 @@ export class BlkFrontend {
     if (hasBit(proto, ProtocolFeature.BACKEND_REQ)) await client.setBackendReqFd({ configChange: onConfigChange });
     await client.setOwner();
     const config = hasBit(proto, ProtocolFeature.CONFIG) ? decodeBlkConfig(await client.getConfig(0, BLK_CONFIG_SIZE)) : undefined;
-    const features = offered & (o.features ?? DRIVER_FEATURES);
+    const features = offered & ((o.features ?? DRIVER_FEATURES) | (o.packed === true ? bit(VIRTIO_F_RING_PACKED) : 0n));
     await client.setFeatures(features);
     if (hasBit(proto, ProtocolFeature.STATUS)) await client.setStatus(BASE_STATUS);
     return { offered, features, proto, maxQueues, config };

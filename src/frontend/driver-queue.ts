@@ -56,6 +56,93 @@ export interface DriverQueueOptions {
   allocator?: RangeAllocator;
 }
 
+/** What a request queue needs of a driver ring, split (DriverQueue) or packed (PackedDriverQueue). */
+export interface DriverRing {
+  readonly size: number;
+  readonly layout: RingLayout;
+  /** Notifications sent to the device. */
+  readonly kicks: number;
+  /** Zero the ring memory; a driver does this before handing the rings to a device. */
+  clearRings(): void;
+  /** Add a chain (visible at publish()); returns its id, or -1 when the ring has no room. */
+  add(buffers: readonly DriverBuffer[], opts?: { indirect?: boolean }): number;
+  /** Make added chains visible; says whether the device asked to be notified. */
+  publish(): boolean;
+  /** publish() and notify the device if it wants it. */
+  kick(): boolean;
+  notify(): void;
+  hasUsed(): boolean;
+  reap(): UsedElement | undefined;
+  reapAll(): UsedElement[];
+  /** Ask for an interrupt; true if used elements are already pending (reap them, none may come). */
+  enableInterrupts(): boolean;
+  disableInterrupts(): void;
+  /** SET_VRING_BASE after a reconnect, as QEMU 7.2 sends it (the back-end's in-flight region has the last word). */
+  resumeBase(): number;
+}
+
+/**
+ * What both ring layouts' drivers do alike: notifications, reaping everything
+ * used, and the indirect tables of outstanding chains.
+ */
+export abstract class DriverRingBase {
+  /** Notifications sent to the device. */
+  kicks = 0;
+  /** Used elements that named a chain we did not have outstanding. */
+  unknownUsed = 0;
+  /** Per chain id: address of its indirect table, or -1. */
+  private readonly indirectTable: Float64Array;
+
+  constructor(size: number, protected readonly o: DriverQueueOptions) {
+    this.indirectTable = new Float64Array(size).fill(-1);
+  }
+
+  abstract publish(): boolean;
+  abstract reap(): UsedElement | undefined;
+
+  /** publish() and notify the device if it wants it; returns whether it was notified. */
+  kick(): boolean {
+    if (!this.publish()) return false;
+    this.notify();
+    return true;
+  }
+
+  /** Notify the device regardless of its suppression state. */
+  notify(): void {
+    this.kicks++;
+    this.o.notify?.();
+  }
+
+  reapAll(): UsedElement[] {
+    const out: UsedElement[] = [];
+    for (let e = this.reap(); e !== undefined; e = this.reap()) out.push(e);
+    return out;
+  }
+
+  /** Room for an indirect table of `count` descriptors, owned by chain `id` until it is reaped. */
+  protected allocTable(id: number, count: number): number {
+    const allocator = this.o.allocator;
+    if (allocator === undefined) throw new Error('indirect descriptors need an allocator');
+    const table = allocator.alloc(DESC_SIZE * count, 16);
+    this.indirectTable[id] = table;
+    return table;
+  }
+
+  /** Chain `id` was reaped: free its indirect table, if it had one. */
+  protected freeTable(id: number): void {
+    const table = this.indirectTable[id];
+    if (table < 0) return;
+    this.indirectTable[id] = -1;
+    this.o.allocator?.free(table);
+  }
+}
+
+/** Store a guest address (below 2^64, as a Number) as two little-endian u32 halves. */
+export function setAddr(view: DataView, off: number, addr: number): void {
+  view.setUint32(off, addr % 0x1_0000_0000, true);
+  view.setUint32(off + 4, Math.floor(addr / 0x1_0000_0000), true);
+}
+
 export function ringSizes(size: number): { desc: number; avail: number; used: number } {
   return { desc: DESC_SIZE * size, avail: 6 + 2 * size, used: 6 + 8 * size };
 }
@@ -78,7 +165,7 @@ export function freeRing(layout: RingLayout, allocator: RangeAllocator): void {
   allocator.free(layout.usedAddr);
 }
 
-export class DriverQueue {
+export class DriverQueue extends DriverRingBase implements DriverRing {
   readonly size: number;
   private readonly mask: number;
   private readonly desc: DataView;
@@ -94,21 +181,14 @@ export class DriverQueue {
   private freeTop: number;
   /** Per head: descriptors of its chain (undefined when the head is not outstanding). */
   private readonly chains: Array<number[] | undefined>;
-  /** Per head: address of its indirect table, or -1. */
-  private readonly indirectTable: Float64Array;
-
   /** Next avail index to fill (ahead of the published one until publish()). */
   availIdx = 0;
   /** avail.idx at the previous kick decision (the "old" of vring_need_event). */
   private notifiedIdx = 0;
   /** Next used index to reap. */
   lastUsed = 0;
-  /** Notifications sent to the device. */
-  kicks = 0;
-  /** Used elements that named a head we did not have outstanding. */
-  unknownUsed = 0;
-
-  constructor(memory: ArrayBuffer, readonly layout: RingLayout, private readonly o: DriverQueueOptions) {
+  constructor(memory: ArrayBuffer, readonly layout: RingLayout, o: DriverQueueOptions) {
+    super(layout.size, o);
     const size = layout.size;
     if (!(size >= 1 && size <= 32768 && (size & (size - 1)) === 0)) throw new RangeError(`queue size ${size} is not a power of two`);
     const s = ringSizes(size);
@@ -128,7 +208,6 @@ export class DriverQueue {
     // Hand out low indices first: chains of a fresh queue are then 0,1,2... which keeps dumps readable.
     for (let i = 0; i < size; i++) this.freeStack[i] = size - 1 - i;
     this.chains = new Array<number[] | undefined>(size).fill(undefined);
-    this.indirectTable = new Float64Array(size).fill(-1);
   }
 
   /** Zero the ring memory; a driver does this before handing the rings to a device. */
@@ -174,18 +253,15 @@ export class DriverQueue {
     if (this.freeTop < this.descriptorsNeeded(n, indirect)) return -1;
     let head: number;
     if (indirect) {
-      const allocator = this.o.allocator;
-      if (allocator === undefined) throw new Error('indirect descriptors need an allocator');
-      const table = allocator.alloc(DESC_SIZE * n, 16);
+      head = this.freeStack[--this.freeTop];
+      const table = this.allocTable(head, n);
       for (let i = 0; i < n; i++) {
         const b = buffers[i];
         this.writeDescAt(this.mem, table + DESC_SIZE * i, {
           addr: b.addr, len: b.len, flags: flagsOf(b, i < n - 1), next: i < n - 1 ? i + 1 : 0,
         });
       }
-      head = this.freeStack[--this.freeTop];
       this.writeDescriptor(head, { addr: table, len: DESC_SIZE * n, flags: VRING_DESC_F_INDIRECT, next: 0 });
-      this.indirectTable[head] = table;
       this.chains[head] = [head];
     } else {
       const ids: number[] = [];
@@ -222,18 +298,8 @@ export class DriverQueue {
     return (Atomics.load(this.used16, 0) & VRING_USED_F_NO_NOTIFY) === 0;
   }
 
-  /** publish() and notify the device if it wants it; returns whether it was notified. */
-  kick(): boolean {
-    if (!this.publish()) return false;
-    this.notify();
-    return true;
-  }
-
-  /** Notify the device regardless of its suppression state. */
-  notify(): void {
-    this.kicks++;
-    this.o.notify?.();
-  }
+  /** QEMU 7.2 resumes a split ring at the used index (GET_VRING_BASE could not be asked). */
+  resumeBase(): number { return this.deviceUsedIdx; }
 
   /** The device's used index as published. */
   get deviceUsedIdx(): number { return Atomics.load(this.used16, 1); }
@@ -256,18 +322,8 @@ export class DriverQueue {
     }
     this.chains[id] = undefined;
     for (let i = chain.length - 1; i >= 0; i--) this.freeStack[this.freeTop++] = chain[i];
-    const table = this.indirectTable[id];
-    if (table >= 0) {
-      this.indirectTable[id] = -1;
-      this.o.allocator?.free(table);
-    }
+    this.freeTable(id);
     return { id, len, known: true };
-  }
-
-  reapAll(): UsedElement[] {
-    const out: UsedElement[] = [];
-    for (let e = this.reap(); e !== undefined; e = this.reap()) out.push(e);
-    return out;
   }
 
   /**
@@ -351,8 +407,7 @@ export class DriverQueue {
   }
 
   private writeDescAt(view: DataView, off: number, d: Descriptor): void {
-    view.setUint32(off, d.addr % 0x1_0000_0000, true);
-    view.setUint32(off + 4, Math.floor(d.addr / 0x1_0000_0000), true);
+    setAddr(view, off, d.addr);
     view.setUint32(off + 8, d.len, true);
     view.setUint16(off + 12, d.flags, true);
     view.setUint16(off + 14, d.next, true);

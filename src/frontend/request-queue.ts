@@ -3,7 +3,7 @@
 // chains submitted in the same turn of the event loop are published together
 // with at most one kick, so Promise.all() over many submits pipelines them.
 import { POLL_READABLE, Watcher, native } from '../native/addon';
-import { DriverBuffer, DriverQueue, UsedElement } from './driver-queue';
+import { DriverBuffer, DriverQueue, DriverRing, UsedElement } from './driver-queue';
 import { GuestRam } from './guest-ram';
 
 export type RequestPart =
@@ -51,8 +51,14 @@ export class RequestQueue {
   /** Interrupts the device sent (eventfd writes; several read at once count each). */
   interrupts = 0;
 
-  constructor(readonly index: number, readonly ring: DriverQueue, readonly ram: GuestRam,
+  constructor(readonly index: number, readonly ring: DriverRing, readonly ram: GuestRam,
               public kickFd: number, readonly callFd: number) {}
+
+  /** The ring as a split ring, for tests that play with split-ring internals. */
+  get split(): DriverQueue {
+    if (!(this.ring instanceof DriverQueue)) throw new Error(`queue ${this.index} is not a split ring`);
+    return this.ring;
+  }
 
   /** Ask for interrupts and start reaping on the call eventfd. */
   start(): void {

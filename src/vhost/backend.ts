@@ -4,7 +4,7 @@
 // per-queue request handlers, and a DataPlane runs the started rings.
 import {
   BackendRequest as B, FrontendRequest as R, InflightPayload, Message, NEED_REPLY_FLAG, Payload, ProtocolError, ProtocolFeature, RawMessage,
-  REPLY_FLAG, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+  REPLY_FLAG, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC, MemoryRegion, bit, decodeFrontendMessage, encodeMessage, frontendRequestName, hasBit,
 } from '../../protocol';
 import * as fs from 'node:fs';
@@ -15,7 +15,7 @@ import { MappedRegion, mapRegion, unmapRegion } from '../memory/mapping';
 import { native } from '../native/addon';
 import { Endpoint } from '../transport/endpoint';
 import { Logger } from '../util/log';
-import { MAX_QUEUE_SIZE } from '../virtq/split';
+import { MAX_QUEUE_SIZE } from '../virtq/chain';
 import { BackendChannel, BackendRequestError, DEFAULT_BACKEND_REPLY_TIMEOUT_MS } from './backend-channel';
 import { VhostDeviceModel } from './device';
 import { InflightArea, InflightAreaError } from './inflight-area';
@@ -44,7 +44,7 @@ export const MAX_MEM_SLOTS = 32;
 
 /** Transport features this back-end implements for every device type. */
 export const TRANSPORT_FEATURES = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_INDIRECT_DESC) |
-  bit(VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+  bit(VIRTIO_RING_F_EVENT_IDX) | bit(VIRTIO_F_RING_PACKED) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
 
 export const PROTOCOL_FEATURES = bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) |
   bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) | bit(ProtocolFeature.RESET_DEVICE) |
@@ -106,6 +106,9 @@ export class VhostBackend {
     this.vrings = Array.from({ length: device.maxQueues }, (_, i) => new VringState(i));
     this.backendReplyTimeoutMs = options.backendReplyTimeoutMs ?? DEFAULT_BACKEND_REPLY_TIMEOUT_MS;
   }
+
+  /** The driver chose packed rings (QEMU sets features before it asks for the in-flight region or sets up rings). */
+  private get packed(): boolean { return hasBit(this.features, VIRTIO_F_RING_PACKED); }
 
   get offeredFeatures(): bigint { return this.device.deviceFeatures() | TRANSPORT_FEATURES; }
 
@@ -235,7 +238,8 @@ export class VhostBackend {
         const { index, num } = p as { index: number; num: number };
         const vr = this.vring(index);
         if (vr.started) refuse(`queue ${index} is running`);
-        if (num > 0xffff) refuse(`base index ${num} does not fit a split ring`);
+        // A packed ring's base carries both positions with their wrap counters (bit 15 of each half).
+        if (num > 0xffff && !this.packed) refuse(`base index ${num} does not fit a split ring`);
         vr.base = num;
         return NO_REPLY;
       }
@@ -346,7 +350,7 @@ export class VhostBackend {
     let why = blocked;
     if (blocked === undefined) {
       try {
-        area = InflightArea.create(req.numQueues, req.queueSize, this.vrings.length);
+        area = InflightArea.create(req.numQueues, req.queueSize, this.vrings.length, this.packed);
       } catch (e) {
         if (!(e instanceof InflightAreaError)) throw e;
         why = e.message;
@@ -370,7 +374,7 @@ export class VhostBackend {
     }
     let area: InflightArea;
     try {
-      area = InflightArea.adopt(fd, p, this.vrings.length);
+      area = InflightArea.adopt(fd, p, this.vrings.length, this.packed);
     } catch (e) {
       if (!(e instanceof InflightAreaError)) throw e;
       refuse(`in-flight region refused: ${e.message}`);
@@ -438,9 +442,10 @@ export class VhostBackend {
     const vr = this.vring(a.index);
     if (vr.started) refuse(`queue ${a.index} is running`);
     if (vr.size === 0) refuse(`queue ${a.index}: SET_VRING_ADDR before SET_VRING_NUM`);
+    // Packed rings: "avail" and "used" are the driver and device event suppression areas.
     const desc = this.mem.userToGuest(a.descUserAddr, 16 * vr.size);
-    const avail = this.mem.userToGuest(a.availUserAddr, 6 + 2 * vr.size);
-    const used = this.mem.userToGuest(a.usedUserAddr, 6 + 8 * vr.size);
+    const avail = this.mem.userToGuest(a.availUserAddr, this.packed ? 4 : 6 + 2 * vr.size);
+    const used = this.mem.userToGuest(a.usedUserAddr, this.packed ? 4 : 6 + 8 * vr.size);
     if (desc < 0 || avail < 0 || used < 0) refuse(`queue ${a.index}: ring addresses outside the memory table`);
     vr.descAddr = desc;
     vr.availAddr = avail;
@@ -472,7 +477,7 @@ export class VhostBackend {
       index: vr.index, size: vr.size, descAddr: vr.descAddr, availAddr: vr.availAddr, usedAddr: vr.usedAddr,
       base: vr.base, kickFd: vr.kickFd, callFd: vr.callFd, errFd: vr.errFd, enabled: vr.enabled,
       eventIdx: hasBit(this.features, VIRTIO_RING_F_EVENT_IDX), indirect: hasBit(this.features, VIRTIO_RING_F_INDIRECT_DESC),
-      ...(inflight === undefined ? {} : { inflight }),
+      packed: this.packed, ...(inflight === undefined ? {} : { inflight }),
     });
     if (why !== undefined) refuse(why);
     vr.started = true;

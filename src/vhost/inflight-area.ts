@@ -8,10 +8,9 @@ import * as fs from 'node:fs';
 import type { InflightPayload } from '../../protocol';
 import type { InflightQueueRegion } from '../dataplane/dataplane';
 import { native } from '../native/addon';
-import {
-  INFLIGHT_VERSION, QUEUE_REGION_DESC_NUM_OFFSET, QUEUE_REGION_VERSION_OFFSET, inflightQueueBytes, inflightRegionBytes,
-} from '../virtq/inflight';
-import { MAX_QUEUE_SIZE } from '../virtq/split';
+import { MAX_QUEUE_SIZE } from '../virtq/chain';
+import { INFLIGHT_VERSION, QUEUE_REGION_DESC_NUM_OFFSET, QUEUE_REGION_VERSION_OFFSET } from '../virtq/inflight';
+import { inflightBytesFor } from '../virtq/make-queue';
 
 const PAGE_SIZE = 4096;
 
@@ -45,18 +44,20 @@ export class InflightArea {
     /** What GET_INFLIGHT_FD answers (mmap size and offset in the fd). */
     readonly mmapSize: number,
     readonly mmapOffset: number,
+    /** Regions in the packed layout (VIRTIO_F_RING_PACKED negotiated), else the split one; the version and size sit alike in both. */
+    readonly packed: boolean,
   ) {}
 
   /** GET_INFLIGHT_FD: a zero-filled memfd for `numQueues` regions of `queueSize` descriptors, mapped here. */
-  static create(numQueues: number, queueSize: number, maxQueues: number): InflightArea {
+  static create(numQueues: number, queueSize: number, maxQueues: number, packed: boolean): InflightArea {
     checkShape(numQueues, queueSize, maxQueues);
-    const size = inflightRegionBytes(numQueues, queueSize);
+    const size = numQueues * inflightBytesFor(packed, queueSize);
     const fd = native.memfdCreate('vublk-inflight');
     try {
       // A new memfd reads as zeros: every queue region starts blank (version 0).
       fs.ftruncateSync(fd, size);
       const addr = native.mmap(fd, size, 0, true);
-      const area = new InflightArea(fd, addr, size, addr, numQueues, queueSize, size, 0);
+      const area = new InflightArea(fd, addr, size, addr, numQueues, queueSize, size, 0, packed);
       area.writeDescNums();
       return area;
     } catch (e) {
@@ -71,12 +72,12 @@ export class InflightArea {
    * here (closed on failure). Sizes are checked against the fd: touching a
    * mapping beyond the end of its file kills the process with SIGBUS.
    */
-  static adopt(fd: number, p: InflightPayload, maxQueues: number): InflightArea {
+  static adopt(fd: number, p: InflightPayload, maxQueues: number, packed: boolean): InflightArea {
     let addr = -1;
     let length = 0;
     try {
       checkShape(p.numQueues, p.queueSize, maxQueues);
-      const needed = inflightRegionBytes(p.numQueues, p.queueSize);
+      const needed = p.numQueues * inflightBytesFor(packed, p.queueSize);
       if (p.mmapSize < needed) {
         fail(`mmap_size ${p.mmapSize} is less than the ${needed} bytes ${p.numQueues} queues of ${p.queueSize} need`);
       }
@@ -101,7 +102,7 @@ export class InflightArea {
       } catch (e) {
         fail(`cannot map the in-flight region: ${(e as Error).message}`);
       }
-      const area = new InflightArea(fd, addr, length, addr + skew, p.numQueues, p.queueSize, p.mmapSize, p.mmapOffset);
+      const area = new InflightArea(fd, addr, length, addr + skew, p.numQueues, p.queueSize, p.mmapSize, p.mmapOffset, packed);
       area.checkQueues();
       return area;
     } catch (e) {
@@ -112,7 +113,7 @@ export class InflightArea {
   }
 
   /** Bytes between consecutive queue regions. */
-  get stride(): number { return inflightQueueBytes(this.queueSize); }
+  get stride(): number { return inflightBytesFor(this.packed, this.queueSize); }
 
   /** Queue `index`'s region for an iothread, or undefined for a queue the region does not cover. */
   queueRegion(index: number): InflightQueueRegion | undefined {

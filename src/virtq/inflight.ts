@@ -14,6 +14,8 @@
 //   header  features u64 @0, version u16 @8, desc_num u16 @10, last_batch_head u16 @12, used_idx u16 @14
 //   desc[i] @16+16i: inflight u8 @0, padding[5], next u16 @6, counter u64 @8
 
+import { QueueRegionViews } from './queue-region';
+
 /** Version of the region layout; 0 in a region means "never initialised". */
 export const INFLIGHT_VERSION = 1;
 /** libvhost-user aligns every queue region to a cache line. */
@@ -49,11 +51,11 @@ export function inflightRegionBytes(numQueues: number, queueSize: number): numbe
 
 /** What recovery found at ring start. */
 export interface InflightRecovery {
-  /** Heads taken and never returned before the previous process stopped, oldest first: submit these again. */
+  /** Requests taken and never returned before the previous process stopped, oldest first: submit these again (split: heads; packed: buffer ids). */
   heads: Uint16Array;
   /** The region was blank (version 0) and is now initialised: the ring starts from SET_VRING_BASE's index. */
   initialised: boolean;
-  /** Used elements of a half-committed last batch whose in-flight marks were cleared. */
+  /** Split: used elements of a half-committed last batch whose in-flight marks were cleared. Packed: 1 when a batch was half done. */
   fixedUp: number;
   /** Of those, the marks that were still set: completed requests, not resubmitted. */
   fixedUpMarked: number;
@@ -62,24 +64,9 @@ export interface InflightRecovery {
 }
 
 /** One queue's QueueRegionSplit, on whichever thread owns the queue. */
-export class SplitInflight {
-  private readonly u8: Uint8Array;
-  private readonly u16: Uint16Array;
-  private readonly u32: Uint32Array;
-  /** The counter of the last head marked, as two u32 words (no BigInt on the data path). */
-  private counterLo = 0;
-  private counterHi = 0;
-
-  /**
-   * @param buffer memory holding the region at `byteOffset` (a multiple of 8)
-   * @param descNum descriptors the region was laid out for (VhostUserInflight.queue_size)
-   */
-  constructor(buffer: ArrayBuffer, byteOffset: number, readonly descNum: number) {
-    const bytes = inflightQueueBytes(descNum);
-    if (byteOffset % 8 !== 0) throw new RangeError(`in-flight queue region at offset ${byteOffset} is not 8-byte aligned`);
-    this.u8 = new Uint8Array(buffer, byteOffset, bytes);
-    this.u16 = new Uint16Array(buffer, byteOffset, bytes / 2);
-    this.u32 = new Uint32Array(buffer, byteOffset, bytes / 4);
+export class SplitInflight extends QueueRegionViews {
+  constructor(buffer: ArrayBuffer, byteOffset: number, descNum: number) {
+    super(buffer, byteOffset, descNum, inflightQueueBytes(descNum));
   }
 
   get version(): number { return this.u16[U16_VERSION]; }
@@ -87,10 +74,7 @@ export class SplitInflight {
   get usedIdx(): number { return this.u16[U16_USED_IDX]; }
   isInflight(head: number): boolean { return this.u8[inflightByte(head)] !== 0; }
   /** The counter of `head` as a Number (exact below 2^53), for tests and logs. */
-  counterOf(head: number): number {
-    const c = counterU32(head);
-    return this.u32[c + 1] * 0x1_0000_0000 + this.u32[c];
-  }
+  counterOf(head: number): number { return this.counterAt(counterU32(head)); }
 
   /**
    * A head was taken from the available ring; call before its request starts.
@@ -99,12 +83,7 @@ export class SplitInflight {
    * because recovery counts only marked heads when it places last_avail.
    */
   mark(head: number): void {
-    const lo = (this.counterLo + 1) >>> 0;
-    if (lo === 0) this.counterHi = (this.counterHi + 1) >>> 0;
-    this.counterLo = lo;
-    const c = counterU32(head);
-    this.u32[c] = lo;
-    this.u32[c + 1] = this.counterHi;
+    this.stampCounter(counterU32(head));
     this.u8[inflightByte(head)] = 1;
   }
 
@@ -160,14 +139,7 @@ export class SplitInflight {
 
     const heads: number[] = [];
     for (let i = 0; i < ringSize; i++) if (this.u8[inflightByte(i)] !== 0) heads.push(i);
-    heads.sort((a, b) => this.compareCounters(a, b));
-    this.counterLo = 0;
-    this.counterHi = 0;
-    if (heads.length > 0) {
-      const c = counterU32(heads[heads.length - 1]);
-      this.counterLo = this.u32[c];
-      this.counterHi = this.u32[c + 1];
-    }
+    this.sortByCounter(heads, counterU32);
     return { heads: Uint16Array.from(heads), initialised: false, fixedUp: batch, fixedUpMarked };
   }
 
@@ -203,17 +175,9 @@ export class SplitInflight {
     u16[U16_LAST_BATCH_HEAD] = 0;
     u16[U16_USED_IDX] = ringUsedIdx;
     Atomics.store(u16, U16_VERSION, INFLIGHT_VERSION);
-    this.counterLo = 0;
-    this.counterHi = 0;
+    this.resetCounter();
     const r: InflightRecovery = { heads: new Uint16Array(0), initialised: true, fixedUp: 0, fixedUpMarked: 0 };
     if (discarded !== undefined) r.discarded = discarded;
     return r;
-  }
-
-  private compareCounters(a: number, b: number): number {
-    const u32 = this.u32;
-    const ca = counterU32(a);
-    const cb = counterU32(b);
-    return u32[ca + 1] - u32[cb + 1] || u32[ca] - u32[cb];
   }
 }

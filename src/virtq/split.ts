@@ -7,55 +7,21 @@
 // the preallocated arrays of a Chain. With an in-flight region (inflight.ts) every
 // head taken is marked there, so a new process can take over after a crash.
 import { GuestMemory } from '../memory/guest-memory';
+import {
+  CHAIN_BAD_HEAD, CHAIN_BAD_INDIRECT, CHAIN_BAD_NEXT, CHAIN_NESTED_INDIRECT, CHAIN_OK, CHAIN_TOO_LONG, Chain, DESC_SIZE,
+  MAX_QUEUE_SIZE, mapIndirectTable,
+} from './chain';
+import { InFlightSet } from './in-flight-set';
 import { InflightRecovery, SplitInflight } from './inflight';
+import { Virtqueue } from './virtqueue';
+
+export * from './chain';
 
 export const VRING_DESC_F_NEXT = 1;
 export const VRING_DESC_F_WRITE = 2;
 export const VRING_DESC_F_INDIRECT = 4;
 export const VRING_USED_F_NO_NOTIFY = 1;
 export const VRING_AVAIL_F_NO_INTERRUPT = 1;
-
-/** Largest queue this back-end accepts (QEMU's VIRTQUEUE_MAX_SIZE). */
-export const MAX_QUEUE_SIZE = 1024;
-/** Most buffers one chain may carry, direct or through an indirect table. */
-export const MAX_CHAIN_LENGTH = MAX_QUEUE_SIZE;
-
-const DESC_SIZE = 16;
-
-/** Outcome of walking a chain; anything but CHAIN_OK means the buffers cannot be used. */
-export const CHAIN_OK = 0;
-export const CHAIN_BAD_HEAD = 1;
-export const CHAIN_BAD_NEXT = 2;
-export const CHAIN_TOO_LONG = 3;
-export const CHAIN_BAD_ADDRESS = 4;
-export const CHAIN_BAD_INDIRECT = 5;
-export const CHAIN_NESTED_INDIRECT = 6;
-
-export const chainErrorNames = ['ok', 'head out of range', 'next out of range', 'chain too long (loop?)',
-  'buffer outside guest memory', 'bad indirect table', 'nested or chained indirect descriptor'];
-
-/** The buffers of one descriptor chain, in order. Reused for every request of a queue. */
-export class Chain {
-  head = 0;
-  count = 0;
-  /** Guest physical address of each buffer. */
-  readonly addr = new Float64Array(MAX_CHAIN_LENGTH);
-  readonly len = new Uint32Array(MAX_CHAIN_LENGTH);
-  /** 1 where the buffer is device-writable. */
-  readonly writable = new Uint8Array(MAX_CHAIN_LENGTH);
-  readableBytes = 0;
-  writableBytes = 0;
-  /** A device-readable buffer came after a device-writable one (virtio 2.7.4.2 forbids it). */
-  misordered = false;
-
-  reset(head: number): void {
-    this.head = head;
-    this.count = 0;
-    this.readableBytes = 0;
-    this.writableBytes = 0;
-    this.misordered = false;
-  }
-}
 
 export interface SplitRingLayout {
   size: number;
@@ -76,7 +42,7 @@ export function checkRingLayout(mem: GuestMemory, l: SplitRingLayout): string | 
   return undefined;
 }
 
-export class SplitQueue {
+export class SplitQueue implements Virtqueue {
   readonly size: number;
   private readonly mask: number;
   readonly eventIdx: boolean;
@@ -98,12 +64,8 @@ export class SplitQueue {
   usedIdx = 0;
   /** Used index as of the last interrupt decision (for EVENT_IDX). */
   private signalledUsed = 0;
-  /** Requests taken from the ring and not yet returned. */
-  inFlight = 0;
-  /** 1 for each head taken and not yet returned: a driver may not offer it again meanwhile (virtio 2.7.13). */
-  private readonly headInFlight: Uint8Array;
-  /** Callers waiting for the requests that were in flight when they asked (see whenInFlightDone). */
-  private waiters: Array<{ heads: Uint8Array; count: number; done: () => void }> = [];
+  /** Heads taken and not yet returned: a driver may not offer one again meanwhile (virtio 2.7.13). */
+  private readonly taken: InFlightSet;
   /** The guest broke the ring's rules; it stays stopped until reset. */
   broken = false;
   brokenReason = '';
@@ -123,7 +85,7 @@ export class SplitQueue {
     this.indirect = features.indirect;
     this.lastAvail = baseIdx & 0xffff;
     this.shadowAvail = this.lastAvail;
-    this.headInFlight = new Uint8Array(layout.size);
+    this.taken = new InFlightSet(layout.size);
     const why = this.remap();
     if (why !== undefined) throw new RangeError(why);
     this.usedIdx = Atomics.load(this.used16, 1);
@@ -171,8 +133,9 @@ export class SplitQueue {
    * (7.2 sends the used index, as GET_VRING_BASE could not be asked); it agrees
    * with it after a clean stop, when nothing is in flight.
    */
-  trackInflight(region: SplitInflight): InflightRecovery {
+  trackInflight(buffer: ArrayBuffer, byteOffset: number, descNum: number): InflightRecovery {
     if (this.inflight !== undefined) throw new Error('in-flight tracking is already set up');
+    const region = new SplitInflight(buffer, byteOffset, descNum);
     if (region.descNum < this.size) throw new RangeError(`in-flight region has ${region.descNum} descriptors, queue ${this.size}`);
     const r = region.recover(this.usedIdx, this.size);
     this.inflight = region;
@@ -185,6 +148,11 @@ export class SplitQueue {
     }
     return r;
   }
+
+  /** GET_VRING_BASE of a split ring: the next available index. */
+  get base(): number { return this.lastAvail; }
+
+  describe(): Record<string, number> { return { lastAvail: this.lastAvail, usedIdx: this.usedIdx }; }
 
   /** Heads recovered from the in-flight region and not handed out yet. */
   get pendingResubmits(): number { return this.resubmit.length - this.resubmitNext; }
@@ -213,16 +181,15 @@ export class SplitQueue {
       this.markBroken(`head ${head} out of range (queue size ${this.size})`);
       return -1;
     }
-    if (this.headInFlight[head] !== 0) {
+    if (this.taken.has(head)) {
       this.markBroken(`head ${head} made available again while in flight`);
       return -1;
     }
-    this.headInFlight[head] = 1;
+    this.taken.add(head);
     // Marked before the caller starts the request, and before last_avail moves
     // on: from here a crash resubmits the head instead of losing it.
     if (this.inflight !== undefined) this.inflight.mark(head);
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
-    this.inFlight++;
     return head;
   }
 
@@ -233,27 +200,15 @@ export class SplitQueue {
   private popResubmit(): number {
     if (this.broken) return -1;
     const head = this.resubmit[this.resubmitNext++];
-    this.headInFlight[head] = 1;
-    this.inFlight++;
+    this.taken.add(head);
     return head;
   }
 
+  get inFlight(): number { return this.taken.count; }
+
   /** Call `done` once every request in flight now has been returned (at once if none is). */
   whenInFlightDone(done: () => void): void {
-    if (this.inFlight === 0) return done();
-    this.waiters.push({ heads: this.headInFlight.slice(), count: this.inFlight, done });
-  }
-
-  private returned(head: number): void {
-    this.headInFlight[head] = 0;
-    this.inFlight--;
-    if (this.waiters.length === 0) return;
-    for (const w of this.waiters) {
-      if (w.heads[head] === 0) continue;
-      w.heads[head] = 0;
-      if (--w.count === 0) w.done();
-    }
-    this.waiters = this.waiters.filter((w) => w.count > 0);
+    this.taken.whenDone(done);
   }
 
   /**
@@ -278,35 +233,21 @@ export class SplitQueue {
       const len = table.getUint32(o + 8, true);
       const flags = table.getUint16(o + 12, true);
       const next = table.getUint16(o + 14, true);
-      if (hi >= 0x200000) return CHAIN_BAD_ADDRESS; // beyond 2^53: not a real guest address
-      const addr = hi * 0x100000000 + lo;
       if (flags & VRING_DESC_F_INDIRECT) {
         // Only the head of a direct chain may point at an indirect table, and it
         // must be the whole chain (virtio 2.7.5.3.1).
         if (inIndirect || !this.indirect || i !== head || (flags & VRING_DESC_F_NEXT)) return CHAIN_NESTED_INDIRECT;
-        if (len === 0 || len % DESC_SIZE !== 0 || len / DESC_SIZE > MAX_CHAIN_LENGTH) return CHAIN_BAD_INDIRECT;
-        if (!mem.access(addr, len)) return CHAIN_BAD_INDIRECT;
+        tableLen = mapIndirectTable(mem, lo, hi, len);
+        if (tableLen < 0) return CHAIN_BAD_INDIRECT;
         table = mem.view;
         tableOff = mem.offset;
-        tableLen = len / DESC_SIZE;
         inIndirect = true;
         steps = 0;
         i = 0;
         continue;
       }
-      if (chain.count >= MAX_CHAIN_LENGTH) return CHAIN_TOO_LONG;
-      if (len > 0 && !mem.covers(addr, len)) return CHAIN_BAD_ADDRESS;
-      const n = chain.count++;
-      chain.addr[n] = addr;
-      chain.len[n] = len;
-      if (flags & VRING_DESC_F_WRITE) {
-        chain.writable[n] = 1;
-        chain.writableBytes += len;
-      } else {
-        chain.writable[n] = 0;
-        chain.readableBytes += len;
-        if (chain.writableBytes > 0) chain.misordered = true;
-      }
+      const err = chain.add(mem, lo, hi, len, (flags & VRING_DESC_F_WRITE) !== 0);
+      if (err !== CHAIN_OK) return err;
       if (!(flags & VRING_DESC_F_NEXT)) return CHAIN_OK;
       if (next >= tableLen) return CHAIN_BAD_NEXT;
       i = next;
@@ -315,7 +256,7 @@ export class SplitQueue {
 
   /** Put a used element; it becomes visible to the guest at publish(). */
   push(head: number, writtenLen: number): void {
-    this.returned(head);
+    this.taken.remove(head);
     // A broken ring may no longer be mapped; the guest must reset the device anyway.
     if (this.broken) return;
     const i = (this.usedIdx & this.mask) * 2;

@@ -123,9 +123,9 @@ describe('BlkFrontend against vublk serve', function () {
       const q = fe.queue(1);
       const scratch = fe.ram.alloc(16);
       // The highest descriptors: add() hands out low ones first, so they do not collide.
-      q.ring.writeDescriptor(127, { addr: scratch, len: 16, flags: VRING_DESC_F_NEXT, next: 126 });
-      q.ring.writeDescriptor(126, { addr: scratch, len: 16, flags: VRING_DESC_F_NEXT, next: 127 });
-      q.ring.pushAvail(127);
+      q.split.writeDescriptor(127, { addr: scratch, len: 16, flags: VRING_DESC_F_NEXT, next: 126 });
+      q.split.writeDescriptor(126, { addr: scratch, len: 16, flags: VRING_DESC_F_NEXT, next: 127 });
+      q.split.pushAvail(127);
       q.ring.kick();
       for (let i = 0; i < 100 && q.unknownUsed.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
       assert.deepEqual(q.unknownUsed, [{ id: 127, len: 0, known: false }]);
@@ -213,7 +213,7 @@ describe('BlkFrontend against vublk serve', function () {
       const datas = Array.from({ length: 64 }, (_, i) => pattern(4096, 1000 + i));
       const writes = datas.map((d, i) => fe.write(0, 8192 + i * 8, d, { indirect: true }));
       assert.equal(q.inFlight, 64);
-      assert.equal(q.ring.outstanding, 64, 'all 64 chains are in the ring at once');
+      assert.equal(q.split.outstanding, 64, 'all 64 chains are in the ring at once');
       const ws = await Promise.all(writes);
       assert.ok(ws.every((w) => w.status === VIRTIO_BLK_S_OK));
       assert.ok(q.ring.kicks - kicksBefore <= 2, `one kick for the batch, got ${q.ring.kicks - kicksBefore}`);
@@ -232,7 +232,7 @@ describe('BlkFrontend against vublk serve', function () {
     });
 
     it('GET_VRING_BASE returns the next available index of each ring after I/O', async () => {
-      const expected = fe.queues.map((q) => q.ring.availIdx);
+      const expected = fe.queues.map((q) => q.split.availIdx);
       assert.ok(expected.every((n) => n > 0));
       assert.deepEqual(await fe.stop(), expected);
     });

@@ -13,7 +13,8 @@ import * as path from 'node:path';
 import { ProtocolFeature, hasBit } from '../../protocol';
 import { BlkFrontend, VIRTIO_BLK_S_OK } from '../../src/frontend';
 import { native } from '../../src/native/addon';
-import { inflightQueueBytes } from '../../src/virtq/inflight';
+import { PackedDriverQueue } from '../../src/frontend/packed-driver-queue';
+import { inflightBytesFor } from '../../src/virtq/make-queue';
 import { createImage } from '../support/disk-scenario';
 import { ServerProcess, startVublkWithArgs } from '../support/servers';
 import { sleep, waitFor } from '../support/wait';
@@ -43,9 +44,11 @@ function generationIn(image: Buffer, b: number): number {
   return image.subarray(at, at + BLOCK).equals(blockData(b, gen)) ? gen : -1;
 }
 
-/** Heads the region marks as in flight, per queue (read through a mapping of our own). */
-function markedInRegion(fd: number, numQueues: number, queueSize: number): number[] {
-  const stride = inflightQueueBytes(queueSize);
+/** Requests the region marks as in flight, per queue (read through a mapping of our own). */
+function markedInRegion(fd: number, numQueues: number, queueSize: number, packed: boolean): number[] {
+  const stride = inflightBytesFor(packed, queueSize);
+  // The in-flight byte of each descriptor state: split 16 + 16 i, packed 32 + 32 i.
+  const entry = packed ? 32 : 16;
   const size = numQueues * stride;
   const addr = native.mmap(fd, size, 0, false);
   const buf = native.arrayBuffer(addr, size);
@@ -53,7 +56,7 @@ function markedInRegion(fd: number, numQueues: number, queueSize: number): numbe
     const bytes = new Uint8Array(buf);
     return Array.from({ length: numQueues }, (_, q) => {
       let n = 0;
-      for (let i = 0; i < queueSize; i++) if (bytes[q * stride + 16 + 16 * i] !== 0) n++;
+      for (let i = 0; i < queueSize; i++) if (bytes[q * stride + entry + entry * i] !== 0) n++;
       return n;
     });
   } finally {
@@ -132,7 +135,7 @@ describe('crash recovery with the in-flight region (SIGKILL under load)', functi
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  it('loses no acknowledged write and completes every outstanding one exactly once, over repeated kills', async () => {
+  for (const packed of [false, true]) it(`loses no acknowledged write and completes every outstanding one exactly once, over repeated kills (${packed ? 'packed' : 'split'} rings)`, async () => {
     const image = path.join(dir, 'disk.img');
     const socketPath = path.join(dir, 'vublk.sock');
     createImage(image, IMAGE_SIZE);
@@ -141,12 +144,15 @@ describe('crash recovery with the in-flight region (SIGKILL under load)', functi
     // kill finds requests in flight; with write-back it is mostly idle, waiting for us.
     const args = ['serve', '--socket', socketPath, '--num-queues', String(QUEUES), '--iothreads', '2', '--cache', 'writethrough', image];
     const logs: string[] = [];
+    // The previous variant's server and front-end, if any, go first.
+    await fe?.disconnect();
+    await server?.stop();
     server = await startVublkWithArgs(args, socketPath);
-    fe = await BlkFrontend.connect({ socketPath, numQueues: QUEUES, queueSize: 128, inflight: true, survivesDisconnect: true });
+    fe = await BlkFrontend.connect({ socketPath, numQueues: QUEUES, queueSize: 128, inflight: true, survivesDisconnect: true, packed });
     assert.ok(hasBit(fe.protocolFeatures, ProtocolFeature.INFLIGHT_SHMFD), 'INFLIGHT_SHMFD negotiated');
     const region = fe.inflight;
     assert.ok(region !== undefined && region.fd >= 0, 'the back-end handed out an in-flight region');
-    assert.deepEqual(region.area, { kind: 'inflight', mmapSize: 2 * 2112, mmapOffset: 0, numQueues: 2, queueSize: 128 });
+    assert.deepEqual(region.area, { kind: 'inflight', mmapSize: 2 * (packed ? 4160 : 2112), mmapOffset: 0, numQueues: 2, queueSize: 128 });
 
     const load = new WriteLoad(fe);
     let marked = 0;
@@ -167,7 +173,7 @@ describe('crash recovery with the in-flight region (SIGKILL under load)', functi
         if (busyAtKill[b] !== 0) continue;
         assert.equal(generationIn(img, b), ackedAtKill[b], `round ${round}: block ${b} lost an acknowledged write`);
       }
-      const perQueue = markedInRegion(region.fd, QUEUES, 128);
+      const perQueue = markedInRegion(region.fd, QUEUES, 128, packed);
       marked += perQueue.reduce((a, n) => a + n, 0);
 
       server = await startVublkWithArgs(args, socketPath);
@@ -190,13 +196,14 @@ describe('crash recovery with the in-flight region (SIGKILL under load)', functi
     assert.equal(resubmitted, marked, 'the server resubmits exactly the marked requests (or clears those already completed)');
     for (const q of fe.queues) {
       await waitFor(`queue ${q.index} drained`, () => q.inFlight === 0);
-      assert.equal(q.ring.deviceUsedIdx, q.ring.publishedAvailIdx, `queue ${q.index}: one used element per available entry`);
+      if (packed) assert.equal((q.ring as PackedDriverQueue).outstanding, 0, `queue ${q.index}: every chain came back`);
+      else assert.equal(q.split.deviceUsedIdx, q.split.publishedAvailIdx, `queue ${q.index}: one used element per available entry`);
       assert.deepEqual(q.unknownUsed, [], `queue ${q.index}: completions for heads not outstanding`);
     }
     assert.equal(load.completed, load.submitted);
     const img = fs.readFileSync(image);
     for (let b = 0; b < BLOCKS; b++) assert.equal(generationIn(img, b), load.latest[b], `block ${b} after recovery`);
-    assert.deepEqual(markedInRegion(region.fd, QUEUES, 128), [0, 0], 'nothing left marked');
+    assert.deepEqual(markedInRegion(region.fd, QUEUES, 128, packed), [0, 0], 'nothing left marked');
     logs.push(server.output());
     assert.doesNotMatch(logs.join('\n'), /"level":50/, 'no errors logged');
   });

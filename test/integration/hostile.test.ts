@@ -40,7 +40,7 @@ describe('hostile guests and front-ends', function () {
 
   it('stops a ring whose driver offers a head again while it is in flight, and serves the other queue', async () => {
     const f = await connect();
-    const ring = f.queue(1).ring;
+    const ring = f.queue(1).split;
     const hdr = f.ram.alloc(16);
     const data = f.ram.alloc(65536, 4096);
     const status = f.ram.alloc(1);

@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { BlkFrontend, VIRTIO_BLK_S_OK } from '../../src/frontend';
+import { DriverQueue } from '../../src/frontend/driver-queue';
 import { createImage } from '../support/disk-scenario';
 import { ServerProcess, startVublk } from '../support/servers';
 
@@ -110,7 +111,7 @@ describe('iothreads', function () {
       const inflight = Array.from({ length: 200 }, (_, i) => fe!.write(0, i * 128, data, { indirect: true }));
       // Requests are made available at the end of this turn; let them reach the ring first.
       await new Promise((r) => setImmediate(r));
-      const ring: ReturnType<BlkFrontend["queue"]>["ring"] = fe!.queue(0).ring;
+      const ring: DriverQueue = fe!.queue(0).split;
       const avail: number = ring.publishedAvailIdx;
       assert.equal(avail, 200 * (round + 1) % 65536 - 200 * round);
       const next: number = await fe!.client.getVringBase(0);

@@ -5,6 +5,7 @@ import fc from 'fast-check';
 import { backendFdsProperty } from './backend-fds';
 import { blkModelProperty } from './blk-model';
 import { decodersProperty, framingProperty } from './codec';
+import { hostilePackedProperty } from './hostile-packed';
 import { hostileQueueProperty } from './hostile-queue';
 
 export interface PropertyEntry {
@@ -21,6 +22,10 @@ export const PROPERTIES: readonly PropertyEntry[] = [
   {
     name: 'hostile-queue', title: 'survives hostile descriptor tables and available rings', area: 'blk', ciRuns: 800,
     make: () => hostileQueueProperty() as unknown as fc.IRawProperty<unknown[]>,
+  },
+  {
+    name: 'hostile-packed', title: 'keeps a packed ring like the reference model whatever the driver writes', area: 'blk', ciRuns: 600,
+    make: () => hostilePackedProperty() as unknown as fc.IRawProperty<unknown[]>,
   },
   {
     name: 'blk-model', title: 'serves well-formed requests like a byte array', area: 'blk', ciRuns: 400,
