@@ -69,9 +69,11 @@ describe('crash recovery under a real guest: fio verify while vublk is killed an
   for (const variant of [
     { name: '1 queue', queues: 1, iothreads: 1, cpus: 1 },
     { name: '2 queues on 2 iothreads', queues: 2, iothreads: 2, cpus: 2 },
-  ]) {
+    // QueueRegionPacked: the region keeps copies of the descriptors taken.
+    { name: '1 queue, packed ring', queues: 1, iothreads: 1, cpus: 1, packed: true },
+  ] as Array<{ name: string; queues: number; iothreads: number; cpus: number; packed?: boolean }>) {
     it(`${variant.name}: ${KILLS} SIGKILLs during fio write+verify; no error, data intact`, async function () {
-      const tag = `q${variant.queues}`;
+      const tag = `q${variant.queues}${variant.packed === true ? 'p' : ''}`;
       const JOB_BYTES = FIO_BYTES / variant.queues;
       const image = path.join(tmp, `${tag}.img`);
       const socketPath = path.join(tmp, `${tag}.sock`);
@@ -121,7 +123,7 @@ describe('crash recovery under a real guest: fio verify while vublk is killed an
       };
 
       const result = await runGuest({
-        disks: [{ socketPath, numQueues: variant.queues, chardevExtra: 'reconnect=1' }],
+        disks: [{ socketPath, numQueues: variant.queues, chardevExtra: 'reconnect=1', ...(variant.packed === true ? { extra: 'packed=on' } : {}) }],
         cpus: variant.cpus, memoryMiB: 512, fio: true, timeoutMs: 280_000,
         files: { '/etc/vublk/crash.fio': fioJobFile(global, jobs) },
         log: (line) => {
