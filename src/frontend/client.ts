@@ -211,6 +211,21 @@ export class VhostUserClient {
     await this.request(R.SET_VRING_ADDR, payload, 'none', o);
   }
 
+  /**
+   * SET_LOG_BASE with LOG_SHMFD: the dirty log is `size` bytes at `offset` of
+   * `fd` (the caller keeps its fd). The back-end always replies: once it has, it
+   * writes only to this log.
+   */
+  async setLogBase(fd: number, size: number, offset = 0): Promise<void> {
+    const msg = await this.request(R.SET_LOG_BASE, { kind: 'log', mmapSize: size, mmapOffset: offset }, 'reply', { fds: [fd] });
+    const p = (msg as Message).payload;
+    if (p.kind !== 'u64' || p.value !== 0n) throw new VhostUserError('SET_LOG_BASE failed', 'nack', R.SET_LOG_BASE);
+  }
+
+  async setLogFd(fd: number, o?: RequestOptions): Promise<void> {
+    await this.request(R.SET_LOG_FD, NONE, 'none', { ...o, fds: [fd] });
+  }
+
   /** Stops the ring; resolves to the next available index once its requests completed. */
   async getVringBase(index: number): Promise<number> {
     const msg = await this.request(R.GET_VRING_BASE, { kind: 'vringState', index, num: 0 }, 'reply');

@@ -2,7 +2,7 @@
 // memory. The vhost-user back-end talks only to this interface; behind it are
 // iothread workers (pool.ts) or, in unit tests, a runtime on the same thread.
 import { RingConfig } from '../dataplane/dataplane';
-import { DeviceState, RegionInfo } from './messages';
+import { DeviceState, DirtyLogInfo, RegionInfo } from './messages';
 
 export interface DataPlaneControl {
   /** Install this memory table on every iothread; resolves once none of them can touch dropped regions. */
@@ -18,4 +18,10 @@ export interface DataPlaneControl {
   setCallFd(index: number, fd: number): Promise<void>;
   setErrFd(index: number, fd: number): Promise<void>;
   setDeviceState(state: DeviceState): void;
+  /**
+   * Log guest writes into this dirty log from now on (undefined: stop logging);
+   * resolves once no iothread can write to the previous one, so the front-end
+   * may read it for the last time and the control plane unmap it.
+   */
+  setDirtyLog(log: DirtyLogInfo | undefined): Promise<void>;
 }

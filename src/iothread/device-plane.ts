@@ -6,7 +6,7 @@ import { RingConfig } from '../dataplane/dataplane';
 import { Logger } from '../util/log';
 import { DataPlaneControl } from './control';
 import { Iothread } from './iothread';
-import { DeviceRequest, DeviceSpec, DeviceState, RegionInfo } from './messages';
+import { DeviceRequest, DeviceSpec, DeviceState, DirtyLogInfo, RegionInfo } from './messages';
 
 /** Round-robin queue → iothread mapping (QEMU's default iothread-vq-mapping). */
 export function roundRobinQueueMap(queues: number, iothreads: number): number[] {
@@ -79,6 +79,10 @@ export class DevicePlane implements DataPlaneControl {
   async setErrFd(index: number, fd: number): Promise<void> { await this.request(this.owner(index), { type: 'err-fd', index, fd }); }
   setDeviceState(state: DeviceState): void {
     for (const t of this.attached) this.post(t, { type: 'state', state });
+  }
+
+  async setDirtyLog(log: DirtyLogInfo | undefined): Promise<void> {
+    await Promise.all(this.attached.map((t) => this.request(t, { type: 'dirty-log', log })));
   }
 
   /** Interrupt coalescing for the device's rings on every iothread, running or started later. */

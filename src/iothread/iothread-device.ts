@@ -9,7 +9,9 @@ import { GuestMemory, GuestRegion } from '../memory/guest-memory';
 import { detachWindows, makeWindows } from '../memory/mapping';
 import { Logger } from '../util/log';
 import { DeviceRuntime, EngineSelector, createDeviceRuntime } from './device-runtime';
-import { DeviceRequest, DeviceSpec, RegionInfo } from './messages';
+import { DirtyLog } from '../memory/dirty-log';
+import { native } from '../native/addon';
+import { DeviceRequest, DeviceSpec, DirtyLogInfo, RegionInfo } from './messages';
 
 const regionKey = (r: RegionInfo): string => `${r.guestPhysAddr}:${r.size}:${r.hostAddr}`;
 
@@ -18,6 +20,8 @@ export class IothreadDevice {
   private readonly regions = new Map<string, GuestRegion>();
   private readonly device: DeviceRuntime;
   private readonly dataPlane: DataPlane;
+  /** The dirty log's memory while a migration logs (detached when switched). */
+  private logBuffer: ArrayBuffer | undefined;
 
   constructor(spec: DeviceSpec, private readonly log: Logger, selectEngine?: EngineSelector, pollMaxNs = 0) {
     this.device = createDeviceRuntime(spec, log, selectEngine);
@@ -53,6 +57,9 @@ export class IothreadDevice {
         return undefined;
       case 'coalescing':
         this.dataPlane.setCoalescing(req.settings);
+        return undefined;
+      case 'dirty-log':
+        this.setDirtyLog(req.log);
         return undefined;
       case 'shutdown':
         await this.shutdown();
@@ -91,8 +98,21 @@ export class IothreadDevice {
     for (const region of dropped) detachWindows(region.windows);
   }
 
+  /**
+   * Switch the dirty log. This thread marks pages synchronously inside its
+   * event-loop turns, so once this returns (and the control plane hears so) no
+   * mark can go to the old log any more: every earlier one is already in it.
+   */
+  private setDirtyLog(info: DirtyLogInfo | undefined): void {
+    const old = this.logBuffer;
+    this.logBuffer = info === undefined ? undefined : native.arrayBuffer(info.hostAddr, info.size);
+    this.mem.dirtyLog = this.logBuffer === undefined ? undefined : new DirtyLog(this.logBuffer);
+    if (old !== undefined) native.detach(old);
+  }
+
   async shutdown(): Promise<void> {
     await this.dataPlane.stopAll();
+    this.setDirtyLog(undefined);
     await this.setMemory([]);
     this.device.close();
     this.log.debug('device detached from iothread');

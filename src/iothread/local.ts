@@ -4,7 +4,7 @@ import { RingConfig } from '../dataplane/dataplane';
 import { Logger } from '../util/log';
 import { DataPlaneControl } from './control';
 import { EngineSelector } from './device-runtime';
-import { DeviceSpec, DeviceState, RegionInfo } from './messages';
+import { DeviceSpec, DeviceState, DirtyLogInfo, RegionInfo } from './messages';
 import { IothreadDevice } from './iothread-device';
 
 export class LocalDataPlane implements DataPlaneControl {
@@ -26,5 +26,6 @@ export class LocalDataPlane implements DataPlaneControl {
   async setCallFd(index: number, fd: number): Promise<void> { await this.runtime.handle({ type: 'call-fd', index, fd }); }
   async setErrFd(index: number, fd: number): Promise<void> { await this.runtime.handle({ type: 'err-fd', index, fd }); }
   setDeviceState(state: DeviceState): void { void this.runtime.handle({ type: 'state', state }); }
+  async setDirtyLog(log: DirtyLogInfo | undefined): Promise<void> { await this.runtime.handle({ type: 'dirty-log', log }); }
   shutdown(): Promise<void> { return this.runtime.shutdown(); }
 }

@@ -52,7 +52,14 @@ export type DeviceRequest =
   | { type: 'err-fd'; index: number; fd: number }
   | { type: 'state'; state: DeviceState }
   | { type: 'coalescing'; settings: CoalescingSettings }
+  | { type: 'dirty-log'; log: DirtyLogInfo | undefined }
   | { type: 'shutdown' };
+
+/** Where the migration's dirty log is mapped in this process (the control plane owns the mapping). */
+export interface DirtyLogInfo {
+  hostAddr: number;
+  size: number;
+}
 
 /**
  * Requests for an iothread: host a device (its queues may then be started

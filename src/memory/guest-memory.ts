@@ -1,6 +1,7 @@
 // Guest memory as seen by the back-end: a small table of regions, each mapped
 // into this process. Translation is the hot path of every request, so results
 // are returned through fields of the table instead of freshly allocated tuples.
+import { DirtyLog } from './dirty-log';
 
 /**
  * JavaScript views over one mapping are cut into windows because a typed array
@@ -32,6 +33,8 @@ export interface GuestRegion extends RegionDescriptor {
 
 export class GuestMemory {
   private regions: GuestRegion[] = [];
+  /** While a migration logs dirty pages: where the writers of guest memory mark them. */
+  dirtyLog: DirtyLog | undefined;
 
   // Results of the last successful translate()/access().
   /** Host address of the translated guest address. */

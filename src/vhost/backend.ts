@@ -3,8 +3,8 @@
 // device-independent; the device model supplies features, config space and
 // per-queue request handlers, and a DataPlane runs the started rings.
 import {
-  BackendRequest as B, FrontendRequest as R, InflightPayload, Message, NEED_REPLY_FLAG, Payload, ProtocolError, ProtocolFeature, RawMessage,
-  REPLY_FLAG, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+  BackendRequest as B, FrontendRequest as R, InflightPayload, LogPayload, Message, NEED_REPLY_FLAG, Payload, ProtocolError, ProtocolFeature,
+  RawMessage, REPLY_FLAG, VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC, MemoryRegion, bit, decodeFrontendMessage, encodeMessage, frontendRequestName, hasBit,
 } from '../../protocol';
 import * as fs from 'node:fs';
@@ -19,6 +19,7 @@ import { MAX_QUEUE_SIZE } from '../virtq/chain';
 import { BackendChannel, BackendRequestError, DEFAULT_BACKEND_REPLY_TIMEOUT_MS } from './backend-channel';
 import { VhostDeviceModel } from './device';
 import { InflightArea, InflightAreaError } from './inflight-area';
+import { SharedMapping, mapSharedRange } from './shared-fd';
 import { VringState } from './vring';
 
 const PAGE_SIZE = 4096;
@@ -44,11 +45,22 @@ export const MAX_MEM_SLOTS = 32;
 
 /** Transport features this back-end implements for every device type. */
 export const TRANSPORT_FEATURES = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_INDIRECT_DESC) |
-  bit(VIRTIO_RING_F_EVENT_IDX) | bit(VIRTIO_F_RING_PACKED) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+  bit(VIRTIO_RING_F_EVENT_IDX) | bit(VIRTIO_F_RING_PACKED) | bit(VHOST_USER_F_PROTOCOL_FEATURES) | bit(VHOST_F_LOG_ALL);
 
 export const PROTOCOL_FEATURES = bit(ProtocolFeature.MQ) | bit(ProtocolFeature.REPLY_ACK) |
   bit(ProtocolFeature.CONFIG) | bit(ProtocolFeature.CONFIGURE_MEM_SLOTS) | bit(ProtocolFeature.RESET_DEVICE) |
-  bit(ProtocolFeature.STATUS) | bit(ProtocolFeature.BACKEND_REQ) | bit(ProtocolFeature.INFLIGHT_SHMFD);
+  bit(ProtocolFeature.STATUS) | bit(ProtocolFeature.BACKEND_REQ) | bit(ProtocolFeature.INFLIGHT_SHMFD) |
+  bit(ProtocolFeature.LOG_SHMFD);
+
+/** Largest dirty log accepted: one bit per 4 KiB page covers 16 TiB of guest memory. */
+const MAX_DIRTY_LOG_BYTES = 512 << 20;
+
+/** The migration's dirty log (SET_LOG_BASE), mapped here; iothreads write to it by host address. */
+interface DirtyLogArea {
+  fd: number;
+  mapping: SharedMapping;
+  size: number;
+}
 
 export interface VhostBackendOptions {
   /** How long a back-end channel request waits for the front-end's REPLY_ACK (default 5 s; 0 waits forever). */
@@ -100,6 +112,12 @@ export class VhostBackend {
   private readonly backendReplyTimeoutMs: number;
   /** The in-flight region (GET/SET_INFLIGHT_FD); rings started while it is set track their requests in it. */
   private inflight: InflightArea | undefined;
+  /** The dirty log of a migration (SET_LOG_BASE); written to while VHOST_F_LOG_ALL is negotiated. */
+  private dirtyLog: DirtyLogArea | undefined;
+  /** The log the iothreads write to now (its host address), or undefined while they log nothing. */
+  private loggingTo: number | undefined;
+  /** SET_LOG_FD's eventfd; kept for the front-end, which QEMU does not ask to be signalled. */
+  private logEventFd = -1;
 
   constructor(private readonly endpoint: Endpoint, private readonly device: VhostDeviceModel,
               private readonly dataPlane: DataPlaneControl, private readonly log: Logger, options: VhostBackendOptions = {}) {
@@ -187,6 +205,8 @@ export class VhostBackend {
         this.features = value;
         this.device.negotiated(value);
         this.dataPlane.setDeviceState(this.device.state());
+        // QEMU starts and ends a migration's dirty logging by setting VHOST_F_LOG_ALL, with the rings running.
+        await this.applyDirtyLog();
         return NO_REPLY;
       }
       case R.GET_PROTOCOL_FEATURES:
@@ -296,6 +316,17 @@ export class VhostBackend {
       case R.SET_BACKEND_REQ_FD:
         this.setBackendReqFd(msg.fds[0]);
         return NO_REPLY;
+      case R.SET_LOG_BASE:
+        return this.setLogBase(p as LogPayload, msg.fds[0]);
+      case R.SET_LOG_FD: {
+        const fd = msg.fds[0];
+        if (!isEventFd(fd)) {
+          native.close(fd);
+          refuse('SET_LOG_FD without an eventfd');
+        }
+        this.logEventFd = VringState.swapFd(this.logEventFd, fd);
+        return NO_REPLY;
+      }
       case R.GET_INFLIGHT_FD:
         return this.getInflightFd(p as InflightPayload);
       case R.SET_INFLIGHT_FD:
@@ -440,13 +471,19 @@ export class VhostBackend {
 
   private setVringAddr(a: { index: number; descUserAddr: number; usedUserAddr: number; availUserAddr: number }): void {
     const vr = this.vring(a.index);
-    if (vr.started) refuse(`queue ${a.index} is running`);
     if (vr.size === 0) refuse(`queue ${a.index}: SET_VRING_ADDR before SET_VRING_NUM`);
     // Packed rings: "avail" and "used" are the driver and device event suppression areas.
     const desc = this.mem.userToGuest(a.descUserAddr, 16 * vr.size);
     const avail = this.mem.userToGuest(a.availUserAddr, this.packed ? 4 : 6 + 2 * vr.size);
     const used = this.mem.userToGuest(a.usedUserAddr, this.packed ? 4 : 6 + 8 * vr.size);
     if (desc < 0 || avail < 0 || used < 0) refuse(`queue ${a.index}: ring addresses outside the memory table`);
+    if (vr.started) {
+      // QEMU sends the addresses again to switch VHOST_VRING_F_LOG at the start and end
+      // of a migration, rings running. Used-ring writes are logged by guest address
+      // whenever the log is on, so only a change of address would matter, and that needs a stop.
+      if (desc !== vr.descAddr || avail !== vr.availAddr || used !== vr.usedAddr) refuse(`queue ${a.index} is running`);
+      return;
+    }
     vr.descAddr = desc;
     vr.availAddr = avail;
     vr.usedAddr = used;
@@ -592,6 +629,54 @@ export class VhostBackend {
     }
   }
 
+  /**
+   * SET_LOG_BASE (with LOG_SHMFD): map the new log, move the iothreads to it if
+   * logging is on, and only then reply and unmap the old one: every mark made
+   * before the reply is in the old log, which the front-end reads once more
+   * after the reply, and every later one in the new log. Nothing is lost.
+   */
+  private async setLogBase(p: LogPayload, fd: number): Promise<Payload> {
+    const why = !hasBit(this.protocolFeatures, ProtocolFeature.LOG_SHMFD) ? 'SET_LOG_BASE without the LOG_SHMFD protocol feature'
+      : p.mmapSize === 0 || p.mmapSize > MAX_DIRTY_LOG_BYTES ? `dirty log of ${p.mmapSize} bytes (1..${MAX_DIRTY_LOG_BYTES})`
+        : undefined;
+    let mapping: SharedMapping | undefined;
+    try {
+      if (why === undefined) mapping = mapSharedRange(fd, p.mmapOffset, p.mmapSize, 'dirty log');
+    } catch (e) {
+      native.close(fd);
+      refuse((e as Error).message);
+    }
+    if (mapping === undefined) {
+      native.close(fd);
+      refuse(why!);
+    }
+    const old = this.dirtyLog;
+    this.dirtyLog = { fd, mapping, size: p.mmapSize };
+    await this.applyDirtyLog();
+    if (old !== undefined) releaseDirtyLog(old);
+    this.log.info('dirty log set', { bytes: p.mmapSize, coversMiB: (p.mmapSize * 8 * 4096) / (1 << 20), logging: this.loggingTo !== undefined });
+    return this.u64(0);
+  }
+
+  /** Point the iothreads at the dirty log while VHOST_F_LOG_ALL is negotiated and a log is set; stop them otherwise. */
+  private async applyDirtyLog(): Promise<void> {
+    const want = hasBit(this.features, VHOST_F_LOG_ALL) && this.dirtyLog !== undefined ? this.dirtyLog : undefined;
+    if (want?.mapping.hostAddr === this.loggingTo) return;
+    if (hasBit(this.features, VHOST_F_LOG_ALL) && want === undefined) this.log.warn('VHOST_F_LOG_ALL without a dirty log: nothing is logged');
+    await this.dataPlane.setDirtyLog(want === undefined ? undefined : { hostAddr: want.mapping.hostAddr, size: want.size });
+    if ((this.loggingTo === undefined) !== (want === undefined)) this.log.info(want === undefined ? 'dirty logging stopped' : 'dirty logging started');
+    this.loggingTo = want?.mapping.hostAddr;
+  }
+
+  /** Stop logging and let the log go (device reset, connection gone). */
+  private async dropDirtyLog(): Promise<void> {
+    this.features &= ~bit(VHOST_F_LOG_ALL);
+    await this.applyDirtyLog();
+    if (this.dirtyLog !== undefined) releaseDirtyLog(this.dirtyLog);
+    this.dirtyLog = undefined;
+    this.logEventFd = VringState.swapFd(this.logEventFd, -1);
+  }
+
   private async resetDevice(): Promise<void> {
     for (const vr of this.vrings) {
       await this.stopRing(vr);
@@ -600,6 +685,7 @@ export class VhostBackend {
       vr.size = 0;
       vr.descAddr = vr.availAddr = vr.usedAddr = -1;
     }
+    await this.dropDirtyLog();
     this.features = 0n;
     this.status = 0;
     // Its state describes rings that no longer exist; QEMU gets a new one before the next start.
@@ -619,6 +705,7 @@ export class VhostBackend {
       vr.started = false;
       vr.closeFds();
     }
+    await this.dropDirtyLog().catch((e: Error) => this.log.error('releasing the dirty log failed', { error: e }));
     const dropped = this.mem.clear();
     this.mapped.length = 0;
     await this.publishMemory(dropped).catch((e: Error) => this.log.error('releasing guest memory failed', { error: e }));
@@ -635,4 +722,9 @@ export class VhostBackend {
       backendChannel: this.backendChannel !== undefined,
     };
   }
+}
+
+function releaseDirtyLog(area: DirtyLogArea): void {
+  native.munmap(area.mapping.mapAddr, area.mapping.mapLength);
+  native.close(area.fd);
 }

@@ -11,8 +11,7 @@ import { native } from '../native/addon';
 import { MAX_QUEUE_SIZE } from '../virtq/chain';
 import { INFLIGHT_VERSION, QUEUE_REGION_DESC_NUM_OFFSET, QUEUE_REGION_VERSION_OFFSET } from '../virtq/inflight';
 import { inflightBytesFor } from '../virtq/make-queue';
-
-const PAGE_SIZE = 4096;
+import { SharedMapping, mapSharedRange } from './shared-fd';
 
 /** Why an area cannot be built; the message is meant for the log. */
 export class InflightAreaError extends Error {}
@@ -83,26 +82,16 @@ export class InflightArea {
       }
       // The u64 counters are read as aligned u32 pairs.
       if (p.mmapOffset % 8 !== 0) fail(`mmap_offset ${p.mmapOffset} is not 8-byte aligned`);
-      let st: fs.Stats;
+      // The whole declared range must be in the file; only the queue regions we use are mapped.
+      let m: SharedMapping;
       try {
-        st = fs.fstatSync(fd);
+        m = mapSharedRange(fd, p.mmapOffset, needed, 'in-flight region', p.mmapSize);
       } catch (e) {
-        fail(`cannot stat the in-flight fd: ${(e as Error).message}`);
+        fail((e as Error).message);
       }
-      if (!st.isFile()) fail('the in-flight fd is not a regular file or memfd');
-      if (st.size < p.mmapOffset + p.mmapSize) {
-        fail(`mmap_offset ${p.mmapOffset} + mmap_size ${p.mmapSize} lie beyond the end of the fd (${st.size} bytes)`);
-      }
-      // mmap wants a page-aligned offset: map from the page below and skip ahead. Only
-      // the queue regions we use are mapped, however much more the front-end declares.
-      const skew = p.mmapOffset % PAGE_SIZE;
-      length = needed + skew;
-      try {
-        addr = native.mmap(fd, length, p.mmapOffset - skew, true);
-      } catch (e) {
-        fail(`cannot map the in-flight region: ${(e as Error).message}`);
-      }
-      const area = new InflightArea(fd, addr, length, addr + skew, p.numQueues, p.queueSize, p.mmapSize, p.mmapOffset, packed);
+      addr = m.mapAddr;
+      length = m.mapLength;
+      const area = new InflightArea(fd, addr, length, m.hostAddr, p.numQueues, p.queueSize, p.mmapSize, p.mmapOffset, packed);
       area.checkQueues();
       return area;
     } catch (e) {

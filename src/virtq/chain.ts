@@ -1,6 +1,7 @@
 // The buffers of one request, as a ring walker (split.ts, packed.ts) gathers
 // them: the same shape for both ring layouts, so virtio-blk never knows which
 // one the guest chose. Guest-supplied values are checked here once for both.
+import { DirtyLog } from '../memory/dirty-log';
 import { GuestMemory } from '../memory/guest-memory';
 
 /** Largest queue this back-end accepts (QEMU's VIRTQUEUE_MAX_SIZE). */
@@ -42,6 +43,11 @@ export class Chain {
     this.readableBytes = 0;
     this.writableBytes = 0;
     this.misordered = false;
+  }
+
+  /** A migration logs dirty pages: mark the device-writable buffers (all of them: the device may have written any). */
+  logWrites(log: DirtyLog): void {
+    for (let i = 0; i < this.count; i++) if (this.writable[i] === 1) log.mark(this.addr[i], this.len[i]);
   }
 
   /**

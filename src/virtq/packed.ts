@@ -16,6 +16,7 @@
 // request is taken (DescPool): neither the used elements written over the ring
 // later nor the driver reusing the slots can change a request that waits.
 // Nothing allocates per request.
+import { DirtyLog } from '../memory/dirty-log';
 import { GuestMemory } from '../memory/guest-memory';
 import {
   CHAIN_BAD_HEAD, CHAIN_BAD_INDIRECT, CHAIN_NESTED_INDIRECT, CHAIN_OK, Chain, DESC_SIZE, MAX_QUEUE_SIZE, mapIndirectTable,
@@ -113,6 +114,8 @@ export class PackedQueue implements Virtqueue {
   private readonly regionEntry: Uint16Array;
   private resubmit: Uint16Array = new Uint16Array(0);
   private resubmitNext = 0;
+  /** Where push() walks a chain again to log its pages during a migration (made on first use). */
+  private logChain: Chain | undefined;
 
   /** `base`: SET_VRING_BASE's value (packedBase); a front-end that sends only the low half resumes both positions there. */
   constructor(private readonly mem: GuestMemory, readonly layout: PackedRingLayout, base: number,
@@ -359,6 +362,8 @@ export class PackedQueue implements Virtqueue {
    * descriptor taken earlier, copied then.
    */
   push(id: number, writtenLen: number): void {
+    const log = this.mem.dirtyLog;
+    if (log !== undefined) this.logWrites(log, id);
     this.taken.remove(id);
     // The request is done with its descriptors.
     this.pool.giveBack(this.chainFirst[id], this.chainLast[id]);
@@ -382,6 +387,12 @@ export class PackedQueue implements Virtqueue {
     this.usedIdx = next;
   }
 
+  /** Migration: the pages of the request's device-writable buffers, written before it is returned. */
+  private logWrites(log: DirtyLog, id: number): void {
+    const chain = (this.logChain ??= new Chain());
+    if (this.walk(id, chain) === CHAIN_OK) chain.logWrites(log);
+  }
+
   publish(): boolean {
     if (this.broken) return false;
     const count = this.pendingCount;
@@ -391,6 +402,8 @@ export class PackedQueue implements Virtqueue {
       // first one not yet flagged, so it sees the whole batch or none of it.
       const d16 = this.desc16;
       for (let i = count - 1; i >= 0; i--) Atomics.store(d16, 8 * this.pendingPos[i] + 7, this.pendingFlags[i]);
+      const log = this.mem.dirtyLog;
+      if (log !== undefined) for (let i = 0; i < count; i++) log.mark(this.layout.descAddr + DESC_SIZE * this.pendingPos[i], DESC_SIZE);
       this.inflight?.commit(this.pendingEntries, count);
       this.pendingCount = 0;
       this.ownedDescs -= this.releasedDescs;
@@ -414,6 +427,7 @@ export class PackedQueue implements Virtqueue {
   suppressKicks(): void {
     if (this.broken) return;
     Atomics.store(this.deviceEvent, 0, RING_EVENT_FLAGS_DISABLE << 16);
+    this.mem.dirtyLog?.mark(this.layout.usedAddr, 4);
   }
 
   allowKicks(): boolean {
@@ -423,6 +437,7 @@ export class PackedQueue implements Virtqueue {
       ? ((RING_EVENT_FLAGS_DESC << 16) | this.lastAvail | (this.availWrap << 15)) >>> 0
       : RING_EVENT_FLAGS_ENABLE << 16;
     Atomics.store(this.deviceEvent, 0, value);
+    this.mem.dirtyLog?.mark(this.layout.usedAddr, 4);
     // The seq-cst store orders the reload after it.
     return this.hasAvailable();
   }

@@ -6,6 +6,7 @@
 // against the memory table. Nothing here allocates per request: chain walks fill
 // the preallocated arrays of a Chain. With an in-flight region (inflight.ts) every
 // head taken is marked there, so a new process can take over after a crash.
+import { DirtyLog } from '../memory/dirty-log';
 import { GuestMemory } from '../memory/guest-memory';
 import {
   CHAIN_BAD_HEAD, CHAIN_BAD_INDIRECT, CHAIN_BAD_NEXT, CHAIN_NESTED_INDIRECT, CHAIN_OK, CHAIN_TOO_LONG, Chain, DESC_SIZE,
@@ -76,6 +77,8 @@ export class SplitQueue implements Virtqueue {
   private resubmitNext = 0;
   /** Used index as of the last commit to the in-flight region. */
   private committedUsed = 0;
+  /** Where push() walks a chain again to log its pages during a migration (made on first use). */
+  private logChain: Chain | undefined;
 
   constructor(private readonly mem: GuestMemory, readonly layout: SplitRingLayout, baseIdx: number,
               features: { eventIdx: boolean; indirect: boolean }) {
@@ -259,12 +262,26 @@ export class SplitQueue implements Virtqueue {
     this.taken.remove(head);
     // A broken ring may no longer be mapped; the guest must reset the device anyway.
     if (this.broken) return;
-    const i = (this.usedIdx & this.mask) * 2;
+    const slot = this.usedIdx & this.mask;
+    const i = slot * 2;
     this.used32[i] = head;
     this.used32[i + 1] = writtenLen;
+    const log = this.mem.dirtyLog;
+    if (log !== undefined) this.logPush(log, head, slot);
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
     // Into the batch the next publish() commits; until then the head stays marked.
     if (this.inflight !== undefined) this.inflight.link(head);
+  }
+
+  /**
+   * Migration: the pages of the request's device-writable buffers (written
+   * before it was returned) and of its used element. The chain is walked again:
+   * the guest may not change it before the request is used.
+   */
+  private logPush(log: DirtyLog, head: number, slot: number): void {
+    log.mark(this.layout.usedAddr + 4 + 8 * slot, 8);
+    const chain = (this.logChain ??= new Chain());
+    if (this.walk(head, chain) === CHAIN_OK) chain.logWrites(log);
   }
 
   /** Make pushed elements visible and say whether the guest wants an interrupt for them. */
@@ -273,6 +290,7 @@ export class SplitQueue implements Virtqueue {
     // Seq-cst store: the used elements are visible before the index, and the
     // following load of used_event/flags cannot move above it (virtio 2.7.7.2).
     Atomics.store(this.used16, 1, this.usedIdx);
+    this.mem.dirtyLog?.mark(this.layout.usedAddr + 2, 2);
     const newIdx = this.usedIdx;
     // Only now, with the guest able to see the batch, may its marks go.
     if (this.inflight !== undefined && newIdx !== this.committedUsed) {
@@ -292,7 +310,9 @@ export class SplitQueue implements Virtqueue {
   /** Ask the guest not to kick while we are draining the ring anyway. */
   suppressKicks(): void {
     if (this.broken) return;
-    if (!this.eventIdx) Atomics.store(this.used16, 0, Atomics.load(this.used16, 0) | VRING_USED_F_NO_NOTIFY);
+    if (this.eventIdx) return;
+    Atomics.store(this.used16, 0, Atomics.load(this.used16, 0) | VRING_USED_F_NO_NOTIFY);
+    this.mem.dirtyLog?.mark(this.layout.usedAddr, 2);
   }
 
   /**
@@ -303,8 +323,10 @@ export class SplitQueue implements Virtqueue {
     if (this.broken) return false;
     if (this.eventIdx) {
       Atomics.store(this.used16, 2 + 4 * this.size, this.lastAvail);
+      this.mem.dirtyLog?.mark(this.layout.usedAddr + 4 + 8 * this.size, 2);
     } else {
       Atomics.store(this.used16, 0, Atomics.load(this.used16, 0) & ~VRING_USED_F_NO_NOTIFY);
+      this.mem.dirtyLog?.mark(this.layout.usedAddr, 2);
     }
     // The seq-cst store above orders this reload after it (store-load barrier).
     return this.hasAvailable();

@@ -14,6 +14,7 @@ import {
   PackedQueue, VRING_DESC_F_INDIRECT as IND, VRING_DESC_F_NEXT as NEXT,
   checkPackedRingLayout, packedBase,
 } from '../../src/virtq/packed';
+import { DirtyLog } from '../../src/memory/dirty-log';
 import { fakeGuest } from '../support/fake-memory';
 
 const MEM = 0x100000;
@@ -249,6 +250,22 @@ describe('packed virtqueue', () => {
     assert.deepEqual(setup(8, { base: 5 | 0x8000 }).q.describe(), { lastAvail: 5, availWrap: 1, usedIdx: 5, usedWrap: 1 });
     assert.throws(() => setup(8, { base: packedBase(9, 1, 0, 1) }), /beyond a ring of 8/);
     assert.throws(() => setup(8, { base: packedBase(2, 0, 1, 1) }), /more than a ring ahead/);
+  });
+
+  it('logs the pages it writes for a migration: writable buffers, used elements, the device event area', () => {
+    const { d, q, mem } = setup(8, { eventIdx: true });
+    const log = new DirtyLog(new ArrayBuffer(MEM / 4096 / 8));
+    mem.dirtyLog = log;
+    const id = d.add([buf(0x10000, 16), buf(0x21000, 0x2000, true), buf(0x30000, 1, true)], { indirect: true });
+    d.publish();
+    assert.equal(q.pop(), id);
+    assert.equal(log.isDirty(0x21000), false, 'nothing before the request is returned');
+    q.push(id, 0x2001);
+    q.publish();
+    for (const gpa of [0x21000, 0x22000, 0x30000, DESC]) assert.equal(log.isDirty(gpa), true, `0x${gpa.toString(16)}`);
+    assert.equal(log.isDirty(0x10000), false, 'the header was only read');
+    q.allowKicks();
+    assert.equal(log.isDirty(DEVICE), true);
   });
 
   it('checks the ring layout: size, alignment, placement', () => {
