@@ -37,6 +37,10 @@ export interface GuestOptions {
   kernelArgs?: string;
   /** Called with every complete console line (escape sequences and CRs removed). */
   log?: (line: string) => void;
+  /** More QEMU arguments, appended (a QMP socket, -incoming, ...). */
+  extraArgs?: string[];
+  /** Told QEMU's pid once it is spawned. */
+  spawned?: (pid: number) => void;
 }
 
 export interface GuestResult {
@@ -62,6 +66,7 @@ export interface QemuCommandOptions {
   memoryMiB?: number;
   accel?: string;
   kernelArgs?: string;
+  extraArgs?: string[];
 }
 
 const MARK_BEGIN = 'VUBLK-SCRIPT-BEGIN';
@@ -148,6 +153,7 @@ export function qemuCommandLine(opts: QemuCommandOptions): string[] {
     '-initrd', opts.initrd,
     '-append', append.join(' '),
     ...vhostUserBlkArgs(opts.disks),
+    ...(opts.extraArgs ?? []),
   ];
 }
 
@@ -270,31 +276,42 @@ function tail(text: string, lines: number): string {
 }
 
 export async function runGuest(opts: GuestOptions): Promise<GuestResult> {
-  assertGuestImage();
-  const image = guestImagePaths();
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-guest-'));
   try {
-    const initrd = path.join(tmp, 'initrd.img');
-    const parts: Buffer[] = [fs.readFileSync(image.initramfs)];
-    if (opts.fio) parts.push(fs.readFileSync(image.fio));
-    parts.push(overlayArchive(opts.script, opts.files ?? {}));
-    writeCombinedInitrd(parts, initrd);
-    const argv = qemuCommandLine({
-      disks: opts.disks,
-      kernel: image.kernel,
-      initrd,
-      cpus: opts.cpus,
-      memoryMiB: opts.memoryMiB,
-      accel: opts.accel,
-      kernelArgs: opts.kernelArgs,
-    });
-    return await runQemu(argv, opts);
+    return await runQemu(guestArgv(opts, writeInitrd(opts, tmp)), opts);
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
 }
 
-function runQemu(argv: string[], opts: GuestOptions): Promise<GuestResult> {
+/** The guest's initrd (base image, fio if asked for, /test.sh and files) written into `dir`; returns its path. */
+export function writeInitrd(opts: GuestOptions, dir: string): string {
+  assertGuestImage();
+  const image = guestImagePaths();
+  const initrd = path.join(dir, 'initrd.img');
+  const parts: Buffer[] = [fs.readFileSync(image.initramfs)];
+  if (opts.fio) parts.push(fs.readFileSync(image.fio));
+  parts.push(overlayArchive(opts.script, opts.files ?? {}));
+  writeCombinedInitrd(parts, initrd);
+  return initrd;
+}
+
+/** QEMU's argv for the guest of `opts` with this initrd. */
+export function guestArgv(opts: GuestOptions, initrd: string): string[] {
+  return qemuCommandLine({
+    disks: opts.disks,
+    kernel: guestImagePaths().kernel,
+    initrd,
+    cpus: opts.cpus,
+    memoryMiB: opts.memoryMiB,
+    accel: opts.accel,
+    kernelArgs: opts.kernelArgs,
+    extraArgs: opts.extraArgs,
+  });
+}
+
+/** Run one QEMU until it exits; several may run at once (the two ends of a migration). */
+export function runQemu(argv: string[], opts: GuestOptions): Promise<GuestResult> {
   const timeoutMs = opts.timeoutMs ?? (Number(process.env.VUBLK_GUEST_TIMEOUT_MS) || DEFAULT_TIMEOUT_MS);
   const log = opts.log ?? (process.env.VUBLK_GUEST_VERBOSE ? (l: string) => process.stderr.write(`[guest] ${l}\n`) : undefined);
 
@@ -302,6 +319,7 @@ function runQemu(argv: string[], opts: GuestOptions): Promise<GuestResult> {
     const started = Date.now();
     // stdin must not be a terminal: QEMU would put it in raw mode and forward keystrokes.
     const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    if (child.pid !== undefined) opts.spawned?.(child.pid);
     let raw = '';
     let pending = '';
     let stderr = '';
