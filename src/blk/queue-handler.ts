@@ -6,6 +6,7 @@ import { Logger } from '../util/log';
 import { Virtqueue } from '../virtq/virtqueue';
 import { BlkCacheState, BlkDisk } from './disk';
 import { BlkQueue, BlkQueueStats } from './request';
+import { SharedThrottle } from './throttle';
 
 export interface BlkQueueContext {
   queue: Virtqueue;
@@ -21,11 +22,12 @@ export interface BlkQueueHandler {
   readonly stats: BlkQueueStats;
 }
 
-export function createBlkQueueHandler(ctx: BlkQueueContext, disk: BlkDisk, cache: BlkCacheState, hub: EngineHub, metrics?: Float64Array): BlkQueueHandler {
+export function createBlkQueueHandler(ctx: BlkQueueContext, disk: BlkDisk, cache: BlkCacheState, hub: EngineHub, metrics?: Float64Array,
+                                      throttle?: SharedThrottle): BlkQueueHandler {
   // The lane's sink forwards to the queue, which needs the lane's first slot to exist.
   const sink = { blk: undefined as BlkQueue | undefined, ioComplete(head: number, result: number) { this.blk!.ioComplete(head, result); } };
   const slotBase = hub.attach(sink, ctx.queue.size);
-  const blk = new BlkQueue({ queue: ctx.queue, mem: ctx.mem, disk, cache, engine: hub.engine, slotBase, onCompleted: ctx.onCompleted, log: ctx.log, metrics });
+  const blk = new BlkQueue({ queue: ctx.queue, mem: ctx.mem, disk, cache, engine: hub.engine, slotBase, onCompleted: ctx.onCompleted, log: ctx.log, metrics, throttle });
   sink.blk = blk;
   return {
     handle: (head) => blk.handle(head),

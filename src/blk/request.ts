@@ -24,6 +24,8 @@ import {
   VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 } from './constants';
 import { BlkCacheState, BlkDisk } from './disk';
+import { SharedThrottle } from './throttle';
+import { ThrottleLine } from './throttle-line';
 import {
   KIND_NAMES, KIND_OTHER, M_BYTES_READ, M_BYTES_WRITTEN, M_IN_FLIGHT, M_IOERR, M_LATENCY_BUCKETS, M_LATENCY_SUM, M_REQUESTS,
   M_STORAGE_ERRORS, M_UNSUPP, QUEUE_METRICS_FIELDS, kindOf, latencyBucket, storageErrorSlot,
@@ -65,6 +67,8 @@ export interface BlkQueueOptions {
   /** Bounce pool shape (tests shrink it to exercise chunking and waiting). */
   bounceSlots?: number;
   bounceSlotBytes?: number;
+  /** The export's I/O limits, shared by all its queues on every iothread. */
+  throttle?: SharedThrottle;
 }
 
 /**
@@ -83,6 +87,9 @@ export interface BlkQueueStats {
   /** Times a request waited for a free bounce slot. */
   bounceWaits: number;
 }
+
+/** Marks `phase[head]` for a request waiting for the I/O limits. */
+const PHASE_THROTTLED = 4;
 
 export class BlkQueue {
   readonly stats: BlkQueueStats = { ioErrors: 0, storageErrors: 0, unsupported: 0, malformed: 0, bounced: 0, bounceWaits: 0 };
@@ -147,6 +154,8 @@ export class BlkQueue {
   private readonly bounceIov = new Float64Array(2);
   /** Heads waiting for a bounce slot, FIFO; never more than the queue size. */
   private readonly waitRing: Uint16Array;
+  /** Requests waiting for the export's I/O limits (only with limits to obey). */
+  private readonly throttleLine: ThrottleLine | undefined;
   private waitFirst = 0;
   private waitCount = 0;
 
@@ -209,6 +218,9 @@ export class BlkQueue {
     this.bCurSeg = new Uint16Array(slots);
     this.bCurOff = new Float64Array(slots);
     this.waitRing = new Uint16Array(slots > 0 ? size : 0);
+    if (o.throttle !== undefined) {
+      this.throttleLine = new ThrottleLine(o.throttle, size, (head) => this.restartThrottled(head), () => this.endBatch());
+    }
   }
 
   /** Handle one head taken from the available ring. */
@@ -232,6 +244,22 @@ export class BlkQueue {
     this.o.engine.flush();
   }
 
+  /** Requests waiting for the export's I/O limits, and how often one had to. */
+  get throttled(): { waiting: number; waits: number } {
+    return { waiting: this.throttleLine?.count ?? 0, waits: this.throttleLine?.waits ?? 0 };
+  }
+
+  /** A request whose turn came in the I/O limits' line: parse it again and start it. */
+  private restartThrottled(head: number): void {
+    this.phase[head] = PHASE_IDLE;
+    this.inHandle = true;
+    try {
+      this.process(head);
+    } finally {
+      this.inHandle = false;
+    }
+  }
+
   /** Engine completion for this queue's slot `head`. */
   ioComplete(head: number, result: number): void {
     this.completion(head, result);
@@ -240,6 +268,7 @@ export class BlkQueue {
 
   /** Release the bounce area; only with nothing in flight. */
   close(): void {
+    this.throttleLine?.close();
     const area = this.area;
     this.area = undefined;
     area?.free();
@@ -447,6 +476,10 @@ export class BlkQueue {
     if (bytes % lbs !== 0 || offset % lbs !== 0 || sector > Number.MAX_SAFE_INTEGER / SECTOR_SIZE ||
         offset + bytes > o.disk.sizeBytes) {
       return this.complete(head, VIRTIO_BLK_S_IOERR, 1);
+    }
+    if (this.throttleLine !== undefined && this.throttleLine.mustWait(head, op === IO_WRITE, bytes)) {
+      this.phase[head] = PHASE_THROTTLED;
+      return;
     }
     this.type[head] = type;
     this.op[head] = op;

@@ -73,6 +73,13 @@ export interface ExportOptions {
    * than iops-threshold requests per second (0: always), its interrupts wait up to delay-us.
    */
   'x-vublk-coalescing'?: { 'delay-us'?: number; 'iops-threshold'?: number };
+  /**
+   * vublk extension, QEMU's throttling.* group for an export: iops-total, iops-read,
+   * iops-write, bps-total, bps-read, bps-write (0: no limit), each with -max (burst
+   * rate) and -max-length (burst seconds), and iops-size; changed at runtime with
+   * block_set_io_throttle.
+   */
+  'x-vublk-throttling'?: Record<string, number>;
   'x-vublk-socket-mode'?: string;
   'x-vublk-socket-owner'?: string;
   'x-vublk-socket-group'?: string;

@@ -3,12 +3,15 @@
 // the command line (after keyval strings are given their types by coerce())
 // and QMP command arguments. Errors are one line and name the key.
 import Ajv, { ErrorObject, ValidateFunction } from 'ajv';
+import { BUCKETS } from '../blk/throttle';
 
 export type Schema = Record<string, unknown>;
 
 const id = { type: 'string', minLength: 1, maxLength: 128, pattern: '^[A-Za-z][A-Za-z0-9._-]*$' };
 const bool = { type: 'boolean' };
 const uint = (max: number): Schema => ({ type: 'integer', minimum: 0, maximum: max });
+/** An I/O limit: operations or bytes per second, 0 for none (QEMU takes up to 1e15). */
+const limit: Schema = { type: 'integer', minimum: 0, maximum: 1e15 };
 /** A size in bytes: on the command line it may carry a k/M/G/T suffix (QEMU's size type). */
 const size = { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER, 'x-size': true };
 const principal = { type: 'string', minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9_.][A-Za-z0-9_.-]*\\$?$' };
@@ -63,6 +66,16 @@ export const coalescingSchema: Schema = {
   additionalProperties: false,
 };
 
+/** I/O limits of an export (x-vublk-throttling): QEMU's throttling.* keys. */
+export const throttlingSchema: Schema = {
+  type: 'object',
+  properties: Object.fromEntries([
+    ...BUCKETS.flatMap((b) => [[b, limit], [`${b}-max`, limit], [`${b}-max-length`, { type: 'integer', minimum: 1, maximum: 86400 }]]),
+    ['iops-size', uint(1 << 30)],
+  ]),
+  additionalProperties: false,
+};
+
 export const exportSchema: Schema = {
   $id: 'export',
   type: 'object',
@@ -98,6 +111,7 @@ export const exportSchema: Schema = {
     },
     'x-vublk-serial': { type: 'string', maxLength: 20, pattern: '^[\\x20-\\x7e]*$' },
     'x-vublk-coalescing': coalescingSchema,
+    'x-vublk-throttling': throttlingSchema,
     'x-vublk-lifetime': {
       type: 'object',
       properties: {

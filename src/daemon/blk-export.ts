@@ -4,6 +4,7 @@
 import { BlkDevice } from '../blk/device';
 import { BlkDisk } from '../blk/disk';
 import { allocQueueMetrics } from '../blk/queue-metrics';
+import { IoLimits, SharedThrottle, noLimits } from '../blk/throttle';
 import { COALESCING_OFF, CoalescingSettings } from '../dataplane/coalescing';
 import { native } from '../native/addon';
 import { DevicePlane } from '../iothread/device-plane';
@@ -33,6 +34,8 @@ export interface BlkExportOptions {
   queueMap: number[];
   /** Interrupt coalescing of the rings (absent: off); changed at runtime with setCoalescing. */
   coalescing?: CoalescingSettings;
+  /** I/O limits (absent: none); changed at runtime with setIoLimits. */
+  ioLimits?: IoLimits;
 }
 
 interface Session {
@@ -56,6 +59,10 @@ export class BlkExport {
   shuttingDown = false;
   /** Per-queue counters, written by the iothreads (blk/queue-metrics.ts). */
   readonly metrics: SharedArrayBuffer;
+  /** The limiter every queue of the export obeys, on whichever iothread. */
+  private readonly throttle = new SharedThrottle();
+  /** I/O limits now in force. */
+  ioLimits: IoLimits;
 
   /** Listen, then attach the device to its iothreads. */
   static async open(o: BlkExportOptions): Promise<BlkExport> {
@@ -66,7 +73,7 @@ export class BlkExport {
       exp.listen();
       exp.plane = await DevicePlane.attach({
         type: 'blk', disk: o.disk, writeback: o.writeback, aio: o.aio, metrics: exp.metrics, logContext: { export: o.id },
-        coalescing: exp.coalescing,
+        coalescing: exp.coalescing, throttle: exp.throttle.buffer,
       }, o.iothreads, o.queueMap, exp.log);
       exp.resolveReady();
     } catch (e) {
@@ -78,6 +85,8 @@ export class BlkExport {
 
   private constructor(readonly o: BlkExportOptions) {
     this.coalescing = o.coalescing ?? COALESCING_OFF;
+    this.ioLimits = o.ioLimits ?? noLimits();
+    this.throttle.set(this.ioLimits);
     this.log = rootLog.child({ export: o.id });
     this.device = new BlkDevice({ disk: o.disk, maxQueues: o.numQueues, writeback: o.writeback });
     this.metrics = allocQueueMetrics(o.numQueues);
@@ -152,6 +161,13 @@ export class BlkExport {
     this.coalescing = settings;
     this.plane?.setCoalescing(settings);
     this.log.info('interrupt coalescing', { delayUs: settings.delayUs, iopsThreshold: settings.iopsThreshold });
+  }
+
+  /** I/O limits of the export from now on (block_set_io_throttle); requests waiting are measured against them. */
+  setIoLimits(limits: IoLimits): void {
+    this.ioLimits = limits;
+    this.throttle.set(limits);
+    this.log.info('I/O limits', Object.fromEntries(Object.entries(limits).filter(([, v]) => typeof v === 'number' ? v !== 0 : v.avg !== 0)));
   }
 
   /** Tell a connected driver that the config space changed (new capacity); nothing to do without one. */

@@ -5,6 +5,7 @@
 import { EventEmitter } from 'node:events';
 import { PRE_EOL_INFO } from '../blk/constants';
 import { BlkLifetime } from '../blk/disk';
+import { BUCKETS, IoLimits, checkLimits, noLimits } from '../blk/throttle';
 import { CoalescingSettings } from '../dataplane/coalescing';
 import { BlockdevOptions, ExportOptions, IothreadObjectOptions } from '../config/model';
 import { roundRobinQueueMap } from '../iothread/device-plane';
@@ -174,6 +175,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         id: o.id, socketPath, listenFd, socketAccess,
         disk, numQueues: queues, writeback: o.writethrough !== true, aio: node.aio,
         iothreads: placement.threads, queueMap: placement.queueMap, coalescing: coalescingOf(o['x-vublk-coalescing']),
+        ioLimits: ioLimitsOf(o['x-vublk-throttling']),
       });
     } catch (e) {
       throw e instanceof DaemonError ? e : new DaemonError((e as Error).message);
@@ -205,6 +207,15 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     const e = this.exports.get(id);
     if (e === undefined) throw new DaemonError(`Export '${id}' is not found`);
     e.exp.setCoalescing(settings);
+  }
+
+  /** block_set_io_throttle: an export's I/O limits from now on. */
+  setIoLimits(id: string, limits: IoLimits): void {
+    const e = this.exports.get(id);
+    if (e === undefined) throw new DaemonError(`Device '${id}' not found`, 'DeviceNotFound');
+    const bad = checkLimits(limits);
+    if (bad !== undefined) throw new DaemonError(bad);
+    e.exp.setIoLimits(limits);
   }
 
   /** block_resize: change the node's size and tell the exports of it (and their drivers). */
@@ -252,6 +263,17 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 export function coalescingOf(o: ExportOptions['x-vublk-coalescing']): CoalescingSettings | undefined {
   if (o === undefined) return undefined;
   return { delayUs: o['delay-us'] ?? 0, iopsThreshold: o['iops-threshold'] ?? 0 };
+}
+
+/** x-vublk-throttling (QEMU's throttling.* keys) as limits; left out, none. Throws DaemonError on a bad combination. */
+export function ioLimitsOf(o: ExportOptions['x-vublk-throttling']): IoLimits | undefined {
+  if (o === undefined) return undefined;
+  const limits = noLimits();
+  for (const b of BUCKETS) limits[b] = { avg: o[b] ?? 0, max: o[`${b}-max`] ?? 0, maxLength: o[`${b}-max-length`] ?? 1 };
+  limits.iopsSize = o['iops-size'] ?? 0;
+  const bad = checkLimits(limits);
+  if (bad !== undefined) throw new DaemonError(`x-vublk-throttling: ${bad}`);
+  return limits;
 }
 
 /** x-vublk-lifetime as GET_LIFETIME answers it: fields left out are 0, "undefined". */

@@ -3,6 +3,7 @@
 import { createBlkQueueHandler } from '../blk/queue-handler';
 import { queueMetrics } from '../blk/queue-metrics';
 import { BlkCacheState, BlkDisk } from '../blk/disk';
+import { SharedThrottle } from '../blk/throttle';
 import { CompletionRound } from '../dataplane/completion-round';
 import { QueueHandlerFactory } from '../dataplane/dataplane';
 import { EngineFactory } from '../storage/engine';
@@ -44,8 +45,10 @@ export function createDeviceRuntime(spec: DeviceSpec, log: Logger, selectEngine:
   const cache: BlkCacheState = { writeback: spec.writeback };
   // Our own copy: a resize changes its size while queues run (spec.disk may be the control plane's object).
   const disk: BlkDisk = { ...spec.disk };
+  // One view of the export's limiter per thread; its state is shared with every other.
+  const throttle = spec.throttle === undefined ? undefined : new SharedThrottle(spec.throttle);
   return {
-    queueHandlers: (ctx) => createBlkQueueHandler(ctx, disk, cache, hub, spec.metrics === undefined ? undefined : queueMetrics(spec.metrics, ctx.index)),
+    queueHandlers: (ctx) => createBlkQueueHandler(ctx, disk, cache, hub, spec.metrics === undefined ? undefined : queueMetrics(spec.metrics, ctx.index), throttle),
     completionRound,
     engineName: hub.engine.name,
     setState: (state) => {

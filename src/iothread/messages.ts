@@ -24,6 +24,8 @@ export interface BlkDeviceSpec {
   logContext?: Record<string, string>;
   /** Interrupt coalescing of the device's rings (x-vublk-coalescing); absent: off. */
   coalescing?: CoalescingSettings;
+  /** The export's I/O limiter (blk/throttle.ts), shared by every iothread and changed in place by the control plane. */
+  throttle?: SharedArrayBuffer;
 }
 export type DeviceSpec = BlkDeviceSpec;
 

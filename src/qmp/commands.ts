@@ -1,6 +1,7 @@
 // The QMP commands vublk answers, with qemu-storage-daemon's names,
 // arguments and results. Each validates its arguments with the same schemas
 // as the command line and works on the Daemon.
+import { BucketLimit, BucketName, IoLimits, noLimits } from '../blk/throttle';
 import { BlockdevOptions, ExportOptions, IothreadObjectOptions } from '../config/model';
 import { ConfigError, Schema, blockdevSchema, coalescingSchema, exportSchema, iothreadSchema, validate } from '../config/schema';
 import { Daemon, DaemonError, coalescingOf } from '../daemon/daemon';
@@ -28,6 +29,27 @@ interface Command {
 const noArgs: Schema = { type: 'object', properties: {}, additionalProperties: false };
 const args = (properties: Record<string, Schema>, required: string[] = []): Schema => ({ type: 'object', properties, required, additionalProperties: false });
 const str = { type: 'string', minLength: 1 };
+const qmpLimit = { type: 'integer', minimum: 0, maximum: 1e15 };
+
+/** block_set_io_throttle's arguments: which bucket and which part of its limit each sets. */
+const QMP_LIMITS: Record<string, [BucketName | 'iops-size', keyof BucketLimit | 'size']> = Object.fromEntries([
+  ...([['bps', 'bps-total'], ['bps_rd', 'bps-read'], ['bps_wr', 'bps-write'], ['iops', 'iops-total'], ['iops_rd', 'iops-read'],
+    ['iops_wr', 'iops-write']] as const).flatMap(([arg, bucket]) => [
+    [arg, [bucket, 'avg']], [`${arg}_max`, [bucket, 'max']], [`${arg}_max_length`, [bucket, 'maxLength']],
+  ]),
+  ['iops_size', ['iops-size', 'size']],
+]);
+
+function ioLimitsFromQmp(a: Record<string, unknown>): IoLimits {
+  const limits = noLimits();
+  for (const [arg, [bucket, part]] of Object.entries(QMP_LIMITS)) {
+    const v = a[arg] as number | undefined;
+    if (v === undefined) continue;
+    if (bucket === 'iops-size') limits.iopsSize = v;
+    else limits[bucket][part as keyof BucketLimit] = v;
+  }
+  return limits;
+}
 
 function describeNode(d: Daemon, name: string): Record<string, unknown> {
   const node = d.nodes.get(name)!;
@@ -103,6 +125,17 @@ export const COMMANDS: Record<string, Command> = {
   'object-del': {
     args: args({ id: str }, ['id']),
     run: ({ daemon }, a) => daemon.serialise(() => daemon.delIothread(a.id as string)).then(() => ({})),
+  },
+  // QEMU's block_set_io_throttle with its argument names; `id` (or `device`) names the export.
+  'block_set_io_throttle': {
+    args: args({ id: str, device: str, group: str, ...Object.fromEntries(Object.keys(QMP_LIMITS).map((k) => [k, qmpLimit])) },
+      ['bps', 'bps_rd', 'bps_wr', 'iops', 'iops_rd', 'iops_wr']),
+    run: ({ daemon }, a) => {
+      const id = (a.id ?? a.device) as string | undefined;
+      if (id === undefined) throw new QmpError('GenericError', "Parameter 'id' is missing");
+      if (a.group !== undefined) throw new QmpError('GenericError', 'throttle groups across exports are not supported: each export has its own limits');
+      return daemon.serialise(() => daemon.setIoLimits(id, ioLimitsFromQmp(a))).then(() => ({}));
+    },
   },
   // SPDK's vhost_controller_set_coalescing, for one export: delay-us 0 switches it off.
   'x-vublk-set-coalescing': {

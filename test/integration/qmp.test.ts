@@ -241,6 +241,49 @@ describe('qemu-storage-daemon compatible daemon and QMP monitor', function () {
     assert.ok(performance.now() - t0 < 350);
   });
 
+  it('holds I/O limits set at start and changed by block_set_io_throttle, across two iothreads; requests wait, never fail', async () => {
+    const c = await start([
+      '--object', 'iothread,id=io1',
+      '--export', 'vhost-user-blk,id=et,node-name=disk-b,addr.type=unix,addr.path=t.sock,num-queues=2,iothread.0=io0,iothread.1=io1,' +
+        'x-vublk-throttling.iops-total=200',
+    ], ['a.sock', 'b.sock', 't.sock', 'qmp.sock']);
+    const fe = await connect('t.sock', 2);
+    /** Reads of `bytes` at queue depth 8 on both queues for `ms`; what completed, all OK. */
+    const load = async (ms: number, bytes: number): Promise<{ ops: number; bytes: number; seconds: number }> => {
+      let ops = 0;
+      const t0 = performance.now();
+      const worker = async (q: number, i: number): Promise<void> => {
+        for (let n = 0; performance.now() - t0 < ms; n++) {
+          const r = await fe.read(q, ((i * 64 + n) % 2048) * 8, bytes);
+          assert.equal(r.status, VIRTIO_BLK_S_OK);
+          ops++;
+        }
+      };
+      await Promise.all(Array.from({ length: 16 }, (_, i) => worker(i % 2, i)));
+      return { ops, bytes: ops * bytes, seconds: (performance.now() - t0) / 1000 };
+    };
+    // 200/s, plus a tenth of a second's burst up front, plus requests admitted before the end and finished after it.
+    let r = await load(1500, 4096);
+    console.log(`      iops-total=200: ${(r.ops / r.seconds).toFixed(0)} IOPS over ${r.seconds.toFixed(2)} s`);
+    assert.ok(r.ops >= 0.9 * 200 * 1.5 && r.ops <= 200 * r.seconds + 20 + 16, `${r.ops} reads in ${r.seconds.toFixed(2)} s`);
+
+    await c.execute('block_set_io_throttle', { id: 'et', bps: 0, bps_rd: MiB, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 0 });
+    r = await load(1500, 64 << 10);
+    console.log(`      bps_rd=1 MiB/s: ${(r.bytes / r.seconds / MiB).toFixed(2)} MiB/s`);
+    assert.ok(r.bytes >= 0.9 * MiB * 1.5 && r.bytes <= MiB * r.seconds + MiB / 10 + 16 * (64 << 10), `${r.bytes} bytes in ${r.seconds.toFixed(2)} s`);
+
+    await c.execute('block_set_io_throttle', { id: 'et', bps: 0, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0, iops_wr: 0 });
+    r = await load(500, 4096);
+    console.log(`      no limits: ${(r.ops / r.seconds).toFixed(0)} IOPS`);
+    assert.ok(r.ops / r.seconds > 3 * 200, `unthrottled: ${(r.ops / r.seconds).toFixed(0)} IOPS`);
+
+    await rejectsWith(c.execute('block_set_io_throttle', { id: 'nope', bps: 0, bps_rd: 0, bps_wr: 0, iops: 1, iops_rd: 0, iops_wr: 0 }),
+      'DeviceNotFound', /Device 'nope' not found/);
+    await rejectsWith(c.execute('block_set_io_throttle', { id: 'et', bps: 0, bps_rd: 0, bps_wr: 0, iops: 10, iops_rd: 5, iops_wr: 0 }),
+      'GenericError', /iops-total cannot be combined with iops-read/);
+    await rejectsWith(c.execute('block_set_io_throttle', { id: 'et', bps: 0, bps_rd: 0, bps_wr: 0, iops: 0, iops_rd: 0 }), 'GenericError', /iops_wr/);
+  });
+
   it('vublk qmp and vublk stats talk to the monitor', async () => {
     await start();
     const fe = await connect('a.sock', 2);
