@@ -9,7 +9,9 @@ import * as path from 'node:path';
 import { BlkFrontend } from '../frontend';
 import { openCpuWindow } from './cpu';
 import { Measure, startLoad } from './driver';
-import { COALESCING, SCALING, ServerDef, coalescingKeys, serverArgs, serverDef, workloadLabel, workloads } from './matrix';
+import {
+  COALESCING, LIMITS, SCALING, ServerDef, coalescingKeys, limitKeys, limitsDurationSec, serverArgs, serverDef, workloadLabel, workloads,
+} from './matrix';
 import { Plan, serversFor } from './options';
 import { DriverRow, RunResult, StorageInfo, summarize } from './report';
 import { warmImage } from './images';
@@ -36,9 +38,10 @@ const DRIVER_RAM_BYTES = 32 << 20;
  * What a row of the report is about; iothreads is set for the scaling runs and coalescingUs
  * for the coalescing runs (kept apart from the matrix's, even with one iothread or 0 µs).
  */
-type Cell = Pick<DriverRow, 'storage' | 'server' | 'op' | 'qd' | 'queues' | 'iothreads' | 'coalescingUs'>;
+type Cell = Pick<DriverRow, 'storage' | 'server' | 'op' | 'qd' | 'queues' | 'iothreads' | 'coalescingUs' | 'limit'>;
 
-const cellKey = (c: Cell): string => `${c.storage}|${c.server}|${c.op}|${c.qd}|${c.queues}|${c.iothreads ?? '-'}|${c.coalescingUs ?? '-'}`;
+const cellKey = (c: Cell): string => `${c.storage}|${c.server}|${c.op}|${c.qd}|${c.queues}|${c.iothreads ?? '-'}|${c.coalescingUs ?? '-'}|` +
+  `${c.limit === undefined ? '-' : `${c.limit.key}=${c.limit.value}`}`;
 
 /** One measured run over a fresh connection to a running server. */
 async function measure(socket: string, serverPid: number, c: Cell, plan: Plan, round: number): Promise<RunResult> {
@@ -79,10 +82,10 @@ async function measure(socket: string, serverPid: number, c: Cell, plan: Plan, r
 
 /** Start `server` on `storage` with `queues` queues (on `iothreads` iothreads) and run `cells` against it. */
 async function session(server: ServerDef, storage: StorageInfo, queues: number, cells: Cell[], plan: Plan, round: number,
-  record: (c: Cell, r: RunResult) => void, iothreads = 1, coalescingUs = 0): Promise<void> {
+  record: (c: Cell, r: RunResult) => void, iothreads = 1, exportExtra = ''): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-bench-'));
   const socket = path.join(dir, 'sock');
-  const args = serverArgs(server, storage.image, storage.direct, queues, socket, iothreads, coalescingKeys(coalescingUs));
+  const args = serverArgs(server, storage.image, storage.direct, queues, socket, iothreads, exportExtra);
   const srv = await startServer(server, args, socket);
   try {
     for (const c of cells) {
@@ -104,6 +107,7 @@ function logRun(c: Cell, r: RunResult, round: number, rounds: number, log: (line
   let what = c.op === 'getid' ? `ceiling GET_ID QD${c.qd}, ${c.queues} queue(s)` : `${c.storage} ${workloadLabel({ op: c.op, qd: c.qd, queues: c.queues })}`;
   if (c.iothreads !== undefined) what += ` on ${c.iothreads} iothread(s)`;
   if (c.coalescingUs !== undefined) what += c.coalescingUs > 0 ? `, coalescing ${c.coalescingUs} µs` : ', no coalescing';
+  if (c.limit !== undefined) what += `, ${c.limit.key}=${c.limit.value}`;
   log(`driver round ${round}/${rounds} ${c.server.padEnd(12)} ${what.padEnd(38)} ${(r.iops / 1000).toFixed(1).padStart(7)}k IOPS  ` +
     `p50 ${r.p50Us.toFixed(0).padStart(5)} µs  p99 ${r.p99Us.toFixed(0).padStart(6)} µs  ` +
     `server ${r.serverCpuUsPerIo.toFixed(1).padStart(5)} µs/IO  driver ${r.driverCpuUsPerIo.toFixed(1).padStart(4)} µs/IO  ` +
@@ -149,7 +153,16 @@ export class DriverLayer {
       const storage = this.storages[0];
       for (const coalescingUs of [0, COALESCING.delayUs]) {
         const cells = plan.ops.map((op): Cell => ({ storage: storage.id, server: 'vublk', op, qd: COALESCING.qd, queues: COALESCING.queues, coalescingUs }));
-        await attempt(`coalescing ${coalescingUs} µs`, () => session(vublk, storage, COALESCING.queues, cells, plan, round, record, 1, coalescingUs));
+        await attempt(`coalescing ${coalescingUs} µs`, () => session(vublk, storage, COALESCING.queues, cells, plan, round, record, 1, coalescingKeys(coalescingUs)));
+      }
+    }
+    if (plan.layers.includes('limits')) {
+      const storage = this.storages[0];
+      // One long run per limit: a limit is a rate over time, short runs would mostly measure the burst.
+      const long: Plan = { ...plan, driver: { durationSec: limitsDurationSec(plan.quick), warmupSec: LIMITS.warmupSec } };
+      for (const { op, key, value } of LIMITS.cases) {
+        const cell: Cell = { storage: storage.id, server: 'vublk', op, qd: LIMITS.qd, queues: LIMITS.queues, iothreads: LIMITS.iothreads, limit: { key, value } };
+        await attempt(`limit ${key}=${value}`, () => session(vublk, storage, LIMITS.queues, [cell], long, round, record, LIMITS.iothreads, limitKeys(key, value)));
       }
     }
     if (!plan.layers.includes('driver')) return;
@@ -170,18 +183,19 @@ export class DriverLayer {
     }
   }
 
-  result(): { rows: DriverRow[]; ceiling: DriverRow[]; scaling: DriverRow[]; coalescing: DriverRow[] } {
+  result(): { rows: DriverRow[]; ceiling: DriverRow[]; scaling: DriverRow[]; coalescing: DriverRow[]; limits: DriverRow[] } {
     const rows: DriverRow[] = [];
     for (const { cell, runs } of this.runs.all()) {
       const iops = runs.map((r) => r.iops);
       rows.push({ ...cell, median: summarize(runs), iopsMin: Math.min(...iops), iopsMax: Math.max(...iops), runs });
     }
-    const matrix = rows.filter((r) => r.iothreads === undefined && r.coalescingUs === undefined);
+    const matrix = rows.filter((r) => r.iothreads === undefined && r.coalescingUs === undefined && r.limit === undefined);
     return {
       rows: matrix.filter((r) => r.op !== 'getid'),
       ceiling: matrix.filter((r) => r.op === 'getid'),
-      scaling: rows.filter((r) => r.iothreads !== undefined),
+      scaling: rows.filter((r) => r.iothreads !== undefined && r.limit === undefined),
       coalescing: rows.filter((r) => r.coalescingUs !== undefined),
+      limits: rows.filter((r) => r.limit !== undefined),
     };
   }
 }

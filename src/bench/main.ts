@@ -79,7 +79,7 @@ async function run(plan: Plan): Promise<void> {
   try {
     images = createImages(plan.storages, plan.imageMiB * 2 ** 20, plan.diskDir, REPO, log);
     const storages = images.storages;
-    const driver = plan.layers.some((l) => l === 'driver' || l === 'scaling' || l === 'coalescing') ? new DriverLayer(plan, storages, log) : undefined;
+    const driver = plan.layers.some((l) => l === 'driver' || l === 'scaling' || l === 'coalescing' || l === 'limits') ? new DriverLayer(plan, storages, log) : undefined;
     const host = plan.layers.includes('host') ? new HostLayer(plan, storages, log) : undefined;
     for (let round = 1; round <= plan.rounds; round++) {
       await driver?.round(round);

@@ -112,6 +112,25 @@ export const SCALING = { queues: 4, qd: 32, iothreads: 2 } as const;
  */
 export const COALESCING = { queues: 1, qd: 128, delayUs: 50 } as const;
 
+/**
+ * The I/O limits check (vublk only): 4 queues on 2 iothreads, so one limit binds two
+ * threads, each workload driven well above its limit for durationSec; the rate achieved
+ * must be within 5 % of the limit. Each case is an x-vublk-throttling key and value.
+ */
+export const LIMITS = {
+  queues: 4, qd: 32, iothreads: 2, durationSec: 30, warmupSec: 2,
+  cases: [
+    { op: 'randread', key: 'iops-total', value: 20_000 },
+    { op: 'randwrite', key: 'bps-write', value: 40 * 1024 * 1024 },
+  ],
+} as const;
+
+/** Measured seconds of a limits run: LIMITS.durationSec, or a short check with --quick. */
+export const limitsDurationSec = (quick: boolean): number => (quick ? 5 : LIMITS.durationSec);
+
+/** The export key of one LIMITS case, for serverArgs' exportExtra. */
+export const limitKeys = (key: string, value: number): string => `,x-vublk-throttling.${key}=${value}`;
+
 /** The export keys that switch coalescing on, for serverArgs' exportExtra. */
 export const coalescingKeys = (delayUs: number): string => (delayUs > 0 ? `,x-vublk-coalescing.delay-us=${delayUs}` : '');
 

@@ -1,16 +1,17 @@
 // What one `make bench` runs: the layers, the matrix subset, durations and
 // rounds, parsed from the command line, and how long that will take. Pure.
 import {
-  Op, SERVERS, STORAGES, ServerId, StorageId, serverDef, serves, storageDef, workloads,
+  LIMITS, Op, SERVERS, limitsDurationSec, STORAGES, ServerId, StorageId, serverDef, serves, storageDef, workloads,
 } from './matrix';
 import type { LayerSettings } from './report';
 
 /**
  * scaling: vublk alone, SCALING's workload on one iothread and on two; coalescing: vublk alone,
- * COALESCING's workload with interrupt coalescing off and on (the front-end driver again).
+ * COALESCING's workload with interrupt coalescing off and on (the front-end driver again);
+ * limits: vublk alone, each of LIMITS' cases held for LIMITS.durationSec.
  */
-export type Layer = 'driver' | 'scaling' | 'coalescing' | 'guest' | 'host';
-export const LAYERS: readonly Layer[] = ['driver', 'scaling', 'coalescing', 'guest', 'host'];
+export type Layer = 'driver' | 'scaling' | 'coalescing' | 'limits' | 'guest' | 'host';
+export const LAYERS: readonly Layer[] = ['driver', 'scaling', 'coalescing', 'limits', 'guest', 'host'];
 
 export interface Plan extends LayerSettings {
   layers: Layer[];
@@ -179,6 +180,10 @@ export function estimateSeconds(plan: Plan): Estimate {
   if (has('coalescing')) {
     // Two sessions (coalescing off and on) per round on the first storage.
     driver += plan.rounds * 2 * (COSTS.serverSec + plan.ops.length * driverRun);
+  }
+  if (has('limits')) {
+    // One session per limit per round, each one long run.
+    driver += plan.rounds * LIMITS.cases.length * (COSTS.serverSec + LIMITS.warmupSec + limitsDurationSec(plan.quick) + COSTS.driverRunSec);
   }
   const host = has('host') ? plan.rounds * plan.storages.length * ws.length * (plan.host.durationSec + COSTS.hostRunSec) : 0;
   let guest = 0;

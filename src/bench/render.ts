@@ -2,7 +2,7 @@
 // each qsd engine and their ratios, where the CPU went, the driver ceiling
 // and the exact command lines. Pure.
 import { Comparison, Ratio, compareWorkload } from './compare';
-import { COALESCING, SCALING, ServerDef, ServerId, StorageId, serverDef, serves, storageDef, workloadLabel } from './matrix';
+import { COALESCING, LIMITS, Op, SCALING, limitsDurationSec, ServerDef, ServerId, StorageId, serverDef, serves, storageDef, workloadLabel } from './matrix';
 import {
   BenchReport, DriverRow, GuestRow, HostRow, NOISY_OTHER_PCT, RunFigures, SATURATED_PCT, StorageInfo, limitOf,
 } from './report';
@@ -269,6 +269,32 @@ function coalescingSection(r: BenchReport): string[] {
   return lines;
 }
 
+function limitsSection(r: BenchReport): string[] {
+  const rows = r.driver?.limits ?? [];
+  if (rows.length === 0) return [];
+  const storage = r.storages.find((s) => s.id === rows[0].storage);
+  const lines = [`## I/O limits`, '',
+    `vublk alone, ${storage?.label ?? rows[0].storage}, QD ${LIMITS.qd} on each of ${LIMITS.queues} queues spread over ${LIMITS.iothreads} ` +
+    `iothreads (one limit binds both), the front-end driver offering far more than the limit, measured for ` +
+    `${limitsDurationSec(r.settings.quick)} s after ` +
+    `${LIMITS.warmupSec} s of warm-up. Requests over the limit wait in line; none fails. The target: the rate held within 5 % of the limit.`, ''];
+  lines.push(...table(
+    ['workload', 'limit (x-vublk-throttling)', 'achieved', 'achieved ÷ limit (per round)', 'within 5 %', 'p50 / p99 µs'],
+    'llrrll',
+    rows.map((x) => {
+      const bytes = x.limit!.key.startsWith('bps');
+      const rate = (run: RunFigures): number => (bytes ? run.iops * r.settings.blockSize : run.iops);
+      const ratios = x.runs.map((run) => rate(run) / x.limit!.value);
+      const shown = (v: number): string => (bytes ? `${(v / (1 << 20)).toFixed(2)} MiB/s` : `${fmt(v, 0)} IOPS`);
+      return [workloadLabel({ op: x.op as Op, qd: x.qd, queues: x.queues }), `${x.limit!.key}=${x.limit!.value} (${shown(x.limit!.value)})`,
+        shown(rate(x.median)), ratios.map((v) => v.toFixed(3)).join(', '),
+        ratios.every((v) => Math.abs(v - 1) <= 0.05) ? 'yes' : 'no', `${fmt(x.median.p50Us)} / ${fmt(x.median.p99Us)}`];
+    }),
+  ));
+  lines.push('');
+  return lines;
+}
+
 /** The run whose IOPS is the median (the lower middle one for an even count). */
 function medianRun<T extends { iops: number }>(runs: readonly T[]): T | undefined {
   const sorted = [...runs].sort((a, b) => a.iops - b.iops);
@@ -400,7 +426,7 @@ export function renderMarkdown(r: BenchReport, names: RenderNames): string {
     }
     lines.push(...ceilingSection(r), ...cpuSection(r));
   }
-  lines.push(...scalingSection(r), ...coalescingSection(r));
+  lines.push(...scalingSection(r), ...coalescingSection(r), ...limitsSection(r));
   if (r.guest !== undefined) {
     lines.push('## 2. Guest', '',
       `fio's IOPS and latency in the guest; server CPU is the server's CPU between the markers the guest prints around fio, ` +

@@ -59,6 +59,8 @@ export interface DriverRow {
   iothreads?: number;
   /** The coalescing rows: x-vublk-coalescing.delay-us (0: off). */
   coalescingUs?: number;
+  /** The I/O limit rows: the x-vublk-throttling key and its value. */
+  limit?: { key: string; value: number };
   median: RunFigures;
   iopsMin: number;
   iopsMax: number;
@@ -151,7 +153,7 @@ export interface BenchReport {
   /** Server command lines per storage, with $SOCKET and $QUEUES. */
   commands: Array<{ storage: StorageId; server: ServerId; command: string }>;
   /** scaling: vublk's SCALING workload on one iothread and on SCALING.iothreads. */
-  driver?: { rows: DriverRow[]; ceiling: DriverRow[]; scaling: DriverRow[]; coalescing?: DriverRow[] };
+  driver?: { rows: DriverRow[]; ceiling: DriverRow[]; scaling: DriverRow[]; coalescing?: DriverRow[]; limits?: DriverRow[] };
   guest?: { rows: GuestRow[]; qemuCommand: string; fioCommand: string; bootMs: number };
   host?: { rows: HostRow[]; fioCommand: string };
   /** What failed (a server that would not start or exited, fio errors); everything else still ran. */

@@ -16,7 +16,7 @@ function plan(argv: string[]): Plan {
 describe('bench: options', () => {
   it('the full matrix by default, and it fits in half an hour', () => {
     const p = plan([]);
-    assert.deepEqual(p.layers, ['driver', 'scaling', 'coalescing', 'guest', 'host']);
+    assert.deepEqual(p.layers, ['driver', 'scaling', 'coalescing', 'limits', 'guest', 'host']);
     assert.deepEqual(p.storages, ['tmpfs', 'disk', 'disk-direct']);
     assert.deepEqual(p.servers, ['vublk', 'qsd', 'qsd-io_uring']);
     assert.deepEqual([p.ops, p.qds, p.queues], [['randread', 'randwrite'], [1, 32, 128], [1, 4]]);
