@@ -18,6 +18,8 @@ export interface BlkQueueContext {
 export interface BlkQueueHandler {
   handle(head: number): void;
   endBatch(): void;
+  /** The ring stops or the memory changes: requests waiting for the I/O limits start now. */
+  releaseWaiting(): void;
   close(): void;
   readonly stats: BlkQueueStats;
 }
@@ -32,6 +34,7 @@ export function createBlkQueueHandler(ctx: BlkQueueContext, disk: BlkDisk, cache
   return {
     handle: (head) => blk.handle(head),
     endBatch: () => blk.endBatch(),
+    releaseWaiting: () => blk.releaseWaiting(),
     // Only called with nothing in flight; the bounce area must outlive every request.
     close: () => { hub.detach(slotBase); blk.close(); },
     stats: blk.stats,

@@ -156,6 +156,8 @@ export class BlkQueue {
   private readonly waitRing: Uint16Array;
   /** Requests waiting for the export's I/O limits (only with limits to obey). */
   private readonly throttleLine: ThrottleLine | undefined;
+  /** 1 once the head's request got through the I/O limits. */
+  private readonly admitted: Uint8Array;
   private waitFirst = 0;
   private waitCount = 0;
 
@@ -218,6 +220,7 @@ export class BlkQueue {
     this.bCurSeg = new Uint16Array(slots);
     this.bCurOff = new Float64Array(slots);
     this.waitRing = new Uint16Array(slots > 0 ? size : 0);
+    this.admitted = new Uint8Array(size);
     if (o.throttle !== undefined) {
       this.throttleLine = new ThrottleLine(o.throttle, size, (head) => this.restartThrottled(head), () => this.endBatch());
     }
@@ -226,6 +229,7 @@ export class BlkQueue {
   /** Handle one head taken from the available ring. */
   handle(head: number): void {
     this.started[head] = performance.now();
+    this.admitted[head] = 0;
     this.kind[head] = KIND_OTHER;
     this.metrics[M_IN_FLIGHT]++;
     // Completions that arrive synchronously inside a submit must not start waiting
@@ -242,6 +246,11 @@ export class BlkQueue {
   endBatch(): void {
     if (this.waitCount > 0 && this.freeCount > 0) this.drainWaiters();
     this.o.engine.flush();
+  }
+
+  /** The ring stops or the memory changes: requests waiting for the I/O limits start now. */
+  releaseWaiting(): void {
+    this.throttleLine?.releaseAll();
   }
 
   /** Requests waiting for the export's I/O limits, and how often one had to. */
@@ -477,9 +486,13 @@ export class BlkQueue {
         offset + bytes > o.disk.sizeBytes) {
       return this.complete(head, VIRTIO_BLK_S_IOERR, 1);
     }
-    if (this.throttleLine !== undefined && this.throttleLine.mustWait(head, op === IO_WRITE, bytes)) {
-      this.phase[head] = PHASE_THROTTLED;
-      return;
+    // Once through the limits: a request parsed again after waiting for a bounce slot is not counted twice.
+    if (this.throttleLine !== undefined && this.admitted[head] === 0) {
+      if (this.throttleLine.mustWait(head, op === IO_WRITE, bytes)) {
+        this.phase[head] = PHASE_THROTTLED;
+        return;
+      }
+      this.admitted[head] = 1;
     }
     this.type[head] = type;
     this.op[head] = op;

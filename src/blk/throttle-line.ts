@@ -5,6 +5,9 @@
 // line when the limiter says the first one may go.
 import { SharedThrottle, sharedNowMs } from './throttle';
 
+/** Longest a line sleeps before it asks the limiter again. */
+const MAX_SLEEP_MS = 100;
+
 export class ThrottleLine {
   private readonly ring: Uint16Array;
   private first = 0;
@@ -15,6 +18,8 @@ export class ThrottleLine {
   /** Inside tick(): the request restarted is the first in line, not a newcomer. */
   private draining = false;
   private timer: NodeJS.Timeout | undefined;
+  /** Inside releaseAll(): the limits are not asked. */
+  private bypass = false;
   private readonly tickBound = (): void => this.tick();
 
   /**
@@ -35,13 +40,31 @@ export class ThrottleLine {
       this.push(head);
       return true;
     }
-    if (!this.throttle.active) return false;
+    if (this.bypass || !this.throttle.active) return false;
     const wait = this.throttle.admit(write, bytes, sharedNowMs());
     if (wait === 0) return false;
     if (this.draining) this.pushFront(head);
     else this.push(head);
-    if (this.timer === undefined) this.timer = setTimeout(this.tickBound, Math.max(1, Math.ceil(wait)));
+    // Looked at again within MAX_SLEEP_MS whatever the wait: new limits (block_set_io_throttle) apply then.
+    if (this.timer === undefined) this.timer = setTimeout(this.tickBound, Math.min(MAX_SLEEP_MS, Math.max(1, Math.ceil(wait))));
     return true;
+  }
+
+  /**
+   * Start everything waiting now, whatever the limits: the ring stops or the
+   * memory table changes, and the front-end waits for every request in flight
+   * (QEMU lets throttled requests go when it drains a device, too).
+   */
+  releaseAll(): void {
+    if (this.count === 0) return;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.bypass = true;
+    try {
+      this.tick();
+    } finally {
+      this.bypass = false;
+    }
   }
 
   /** Stop the timer; only with nothing waiting (the queue stops once its requests completed). */

@@ -9,7 +9,9 @@
 // TAT advances by cost / rate per admitted request; a request is admitted while
 // TAT - now <= tolerance, the burst the bucket allows. Without a burst limit the
 // tolerance is a tenth of a second of the rate (QEMU's default bucket); with one
-// it is max * max-length. Over any long interval the rate is held exactly.
+// it is max * max-length, and a second bucket at the max rate (a tenth of a
+// second of tolerance) keeps the burst itself at that rate, as QEMU does. Over
+// any long interval the average rate is held exactly.
 
 /** The six buckets, in QEMU's order and names (block_set_io_throttle / throttling.*). */
 export const BUCKETS = ['bps-total', 'bps-read', 'bps-write', 'iops-total', 'iops-read', 'iops-write'] as const;
@@ -58,11 +60,13 @@ export function checkLimits(l: IoLimits): string | undefined {
 
 export const anyLimit = (l: IoLimits): boolean => BUCKETS.some((b) => l[b].avg > 0);
 
-// Shared layout: Int32 [lock, active]; Float64 from byte 8: per bucket [rate/ms, tolerance ms, TAT ms], then iops-size.
+// Shared layout: Int32 [lock, active]; Float64 from byte 8: per bucket two limiters (the average, then the
+// burst rate), each [rate per ms, tolerance ms, TAT ms]; then iops-size.
 const I32_LOCK = 0;
 const I32_ACTIVE = 1;
 const F64_BASE = 1;
-const F64_PER_BUCKET = 3;
+const F64_PER_LIMITER = 3;
+const F64_PER_BUCKET = 2 * F64_PER_LIMITER;
 const F64_IOPS_SIZE = F64_BASE + F64_PER_BUCKET * BUCKETS.length;
 const BYTES = 8 * (F64_IOPS_SIZE + 1);
 const BPS_TOTAL = 0;
@@ -93,12 +97,10 @@ export class SharedThrottle {
       BUCKETS.forEach((name, b) => {
         const { avg, max, maxLength } = limits[name];
         const at = F64_BASE + F64_PER_BUCKET * b;
-        const rate = avg / 1000;
         const burst = max > 0 ? max * maxLength : avg / 10;
-        const tolerance = avg > 0 ? burst / rate : 0;
-        if (this.f64[at] !== rate || this.f64[at + 1] !== tolerance) this.f64[at + 2] = now;
-        this.f64[at] = rate;
-        this.f64[at + 1] = tolerance;
+        this.setLimiter(at, avg / 1000, avg > 0 ? burst / (avg / 1000) : 0, now);
+        // The burst's own rate: a tenth of a second of max at once, then max per second.
+        this.setLimiter(at + F64_PER_LIMITER, max / 1000, max > 0 ? 100 : 0, now);
       });
       this.f64[F64_IOPS_SIZE] = limits.iopsSize;
       this.i32[I32_ACTIVE] = anyLimit(limits) ? 1 : 0;
@@ -129,10 +131,22 @@ export class SharedThrottle {
     return wait;
   }
 
+  /** A limiter's rate (per ms) and tolerance (ms); one whose limit changed starts afresh. */
+  private setLimiter(at: number, rate: number, tolerance: number, now: number): void {
+    const f = this.f64;
+    if (f[at] !== rate || f[at + 1] !== tolerance) f[at + 2] = now;
+    f[at] = rate;
+    f[at + 1] = tolerance;
+  }
+
   /** Milliseconds bucket `b` wants a request to wait; 0 when it may go (or the bucket has no limit). */
   private waitOf(b: number, now: number): number {
-    const f = this.f64;
     const at = F64_BASE + F64_PER_BUCKET * b;
+    return Math.max(this.limiterWait(at, now), this.limiterWait(at + F64_PER_LIMITER, now));
+  }
+
+  private limiterWait(at: number, now: number): number {
+    const f = this.f64;
     if (f[at] === 0) return 0;
     const w = Math.max(f[at + 2], now) - now - f[at + 1];
     return w > 0 ? w : 0;
@@ -140,8 +154,9 @@ export class SharedThrottle {
 
   private charge(b: number, cost: number, now: number): void {
     const f = this.f64;
-    const at = F64_BASE + F64_PER_BUCKET * b;
-    if (f[at] !== 0) f[at + 2] = Math.max(f[at + 2], now) + cost / f[at];
+    for (let at = F64_BASE + F64_PER_BUCKET * b, i = 0; i < 2; i++, at += F64_PER_LIMITER) {
+      if (f[at] !== 0) f[at + 2] = Math.max(f[at + 2], now) + cost / f[at];
+    }
   }
 
   private lock(): void {

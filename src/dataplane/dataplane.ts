@@ -146,6 +146,7 @@ export class DataPlane {
 
   /** Resolves once every request in flight now (on any ring) has completed. */
   whenInFlightDone(): Promise<void> {
+    for (const r of this.running.values()) r.handler.releaseWaiting?.();
     return Promise.all([...this.running.values()].map((r) => new Promise<void>((done) => r.runner.queue.whenInFlightDone(done))))
       .then(() => undefined);
   }

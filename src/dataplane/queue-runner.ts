@@ -16,6 +16,8 @@ export interface RequestHandler {
   handle(head: number): void;
   /** Called after each drain of the available ring. */
   endBatch(): void;
+  /** Start now whatever the handler holds back (I/O limits): someone waits for every request in flight. */
+  releaseWaiting?(): void;
 }
 
 /** Polling windows grow from this (QEMU's default grow start). */
@@ -330,6 +332,7 @@ export class QueueRunner implements RoundMember {
   stop(): Promise<number> {
     this.watcher?.stop();
     this.watcher = undefined;
+    this.handler?.releaseWaiting?.();
     return new Promise<number>((resolve) => {
       this.stopWaiter = () => resolve(this.queue.base);
       this.flush();

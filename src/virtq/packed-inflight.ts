@@ -48,6 +48,15 @@ export function packedInflightQueueBytes(queueSize: number): number {
   return Math.ceil((PACKED_REGION_HEADER_BYTES + PACKED_DESC_STATE_BYTES * queueSize) / QUEUE_REGION_ALIGNMENT) * QUEUE_REGION_ALIGNMENT;
 }
 
+const AVAIL_BIT = 1 << 7;
+const USED_BIT = 1 << 15;
+
+/** Recovery's access to the flags of the ring's descriptors. */
+export interface RingFlags {
+  flags(pos: number): number;
+  setFlags(pos: number, flags: number): void;
+}
+
 /** What packed recovery found, beyond the common InflightRecovery (heads are buffer ids here). */
 export interface PackedRecovery extends InflightRecovery {
   /** Head entry of each recovered request, in the order of `heads`. */
@@ -148,7 +157,7 @@ export class PackedInflight extends QueueRegionViews {
    * flight, oldest first. `ringFlags(pos)` reads the flags of a ring descriptor;
    * `usedIdx`/`usedWrap` are SET_VRING_BASE's, used for a blank region. Control path.
    */
-  recover(ringSize: number, usedIdx: number, usedWrap: number, ringFlags: (pos: number) => number): PackedRecovery {
+  recover(ringSize: number, usedIdx: number, usedWrap: number, ring: RingFlags): PackedRecovery {
     const u8 = this.u8;
     const u16 = this.u16;
     if (u16[U16_VERSION] === 0) return this.initialise(usedIdx, usedWrap, undefined);
@@ -160,14 +169,18 @@ export class PackedInflight extends QueueRegionViews {
     if (u16[U16_USED_IDX] !== u16[U16_OLD_USED_IDX] || u8[U8_USED_WRAP] !== u8[U8_OLD_USED_WRAP]) {
       // A batch was being returned. Its first used element is written last, at
       // the committed used position: if the guest can see it, so can it the rest.
+      // Published, its USED bit is the lap's wrap counter; before, the driver's
+      // available flags have the opposite; and a driver that already took it and
+      // offered the slot again for the next lap leaves USED as it was.
       const w = u8[U8_OLD_USED_WRAP];
-      const flags = ringFlags(u16[U16_OLD_USED_IDX]);
-      const published = ((flags >> 7) & 1) === w && ((flags >> 15) & 1) === w;
+      const published = ((ring.flags(u16[U16_OLD_USED_IDX]) >> 15) & 1) === w;
       fixedUp = 1;
       if (published) {
         u16[U16_OLD_FREE_HEAD] = u16[U16_FREE_HEAD];
         u8[U8_OLD_USED_WRAP] = u8[U8_USED_WRAP];
         u16[U16_OLD_USED_IDX] = u16[U16_USED_IDX];
+      } else {
+        this.unpublish(ringSize, ring);
       }
     }
     u16[U16_FREE_HEAD] = u16[U16_OLD_FREE_HEAD];
@@ -193,6 +206,28 @@ export class PackedInflight extends QueueRegionViews {
       heads: Uint16Array.from(ids), entries: Uint16Array.from(heads), initialised: false, fixedUp, fixedUpMarked,
       usedIdx: u16[U16_USED_IDX], usedWrap: u8[U8_USED_WRAP],
     };
+  }
+
+  /**
+   * Rolling a batch back: the elements after its first may have been flagged
+   * already (they are flagged last to first). The guest has not looked at them,
+   * as it reads in order and the first is not flagged, but it would once the
+   * requests resubmitted are returned there: give those slots back their
+   * available flags, as the driver left them.
+   */
+  private unpublish(ringSize: number, ring: RingFlags): void {
+    const u8 = this.u8;
+    const u16 = this.u16;
+    let pos = u16[U16_OLD_USED_IDX];
+    let wrap = u8[U8_OLD_USED_WRAP];
+    for (let n = 0; n < ringSize && (pos !== u16[U16_USED_IDX] || wrap !== u8[U8_USED_WRAP]); n++) {
+      const flags = ring.flags(pos);
+      if (((flags >> 15) & 1) === wrap) ring.setFlags(pos, (flags & ~(AVAIL_BIT | USED_BIT)) | (wrap === 1 ? AVAIL_BIT : USED_BIT));
+      if (++pos === ringSize) {
+        pos = 0;
+        wrap ^= 1;
+      }
+    }
   }
 
   private checkHeader(ringSize: number): string | undefined {

@@ -202,7 +202,11 @@ export class PackedQueue implements Virtqueue {
     if (this.inflight !== undefined) throw new Error('in-flight tracking is already set up');
     if (descNum < this.size) throw new RangeError(`in-flight region has ${descNum} descriptors, queue ${this.size}`);
     const region = new PackedInflight(buffer, byteOffset, descNum);
-    const r = region.recover(this.size, this.usedIdx, this.usedWrap, (pos) => Atomics.load(this.desc16, 8 * pos + 7));
+    const d16 = this.desc16;
+    const r = region.recover(this.size, this.usedIdx, this.usedWrap, {
+      flags: (pos) => Atomics.load(d16, 8 * pos + 7),
+      setFlags: (pos, flags) => Atomics.store(d16, 8 * pos + 7, flags),
+    });
     this.inflight = region;
     if (r.initialised) return r;
     this.usedIdx = r.usedIdx;
@@ -289,11 +293,7 @@ export class PackedQueue implements Virtqueue {
       this.markBroken(`buffer id ${id} made available again while in flight`);
       return -1;
     }
-    this.taken.add(id);
-    this.chainFirst[id] = first;
-    this.chainLast[id] = slot;
-    this.chainLen[id] = n;
-    this.ownedDescs += n;
+    // Marked before anything else is committed: a ring broken here holds no half-taken request.
     if (this.inflight !== undefined) {
       const entry = this.inflight.mark(pool, first, n);
       if (entry < 0) {
@@ -302,6 +302,11 @@ export class PackedQueue implements Virtqueue {
       }
       this.regionEntry[id] = entry;
     }
+    this.taken.add(id);
+    this.chainFirst[id] = first;
+    this.chainLast[id] = slot;
+    this.chainLen[id] = n;
+    this.ownedDescs += n;
     if (++pos === size) {
       pos = 0;
       wrap ^= 1;

@@ -260,26 +260,27 @@ export class SplitQueue implements Virtqueue {
   /** Put a used element; it becomes visible to the guest at publish(). */
   push(head: number, writtenLen: number): void {
     this.taken.remove(head);
-    // A broken ring may no longer be mapped; the guest must reset the device anyway.
+    // A broken ring may no longer be mapped (its descriptors cannot be walked to
+    // log the request's pages either); the guest must reset the device anyway.
     if (this.broken) return;
+    const log = this.mem.dirtyLog;
+    if (log !== undefined) this.logWrites(log, head);
     const slot = this.usedIdx & this.mask;
     const i = slot * 2;
     this.used32[i] = head;
     this.used32[i + 1] = writtenLen;
-    const log = this.mem.dirtyLog;
-    if (log !== undefined) this.logPush(log, head, slot);
+    log?.mark(this.layout.usedAddr + 4 + 8 * slot, 8);
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
     // Into the batch the next publish() commits; until then the head stays marked.
     if (this.inflight !== undefined) this.inflight.link(head);
   }
 
   /**
-   * Migration: the pages of the request's device-writable buffers (written
-   * before it was returned) and of its used element. The chain is walked again:
-   * the guest may not change it before the request is used.
+   * Migration: the pages of the request's device-writable buffers, written
+   * before it was returned. The chain is walked again: the guest may not change
+   * it before the request is used.
    */
-  private logPush(log: DirtyLog, head: number, slot: number): void {
-    log.mark(this.layout.usedAddr + 4 + 8 * slot, 8);
+  private logWrites(log: DirtyLog, head: number): void {
     const chain = (this.logChain ??= new Chain());
     if (this.walk(head, chain) === CHAIN_OK) chain.logWrites(log);
   }

@@ -147,6 +147,16 @@ echo "io-errors: $(dmesg | grep -c 'I/O error')"
 
       // The destination waits for the incoming migration; it attaches to its vublk at once.
       const pids = new Map<string, number>();
+      // A failed check must not leave the QEMUs running (the source waits paused after a migration).
+      cleanups.push(() => {
+        for (const pid of pids.values()) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            // already gone
+          }
+        }
+      });
       const dst = runQemu(argv(destination, 'dst', ['-S', '-incoming', `unix:${migrationSocket}`]), { ...guest, spawned: (pid) => pids.set('dst', pid) });
       let fioStarted: () => void = () => undefined;
       const fioStart = new Promise<void>((r) => { fioStarted = r; });

@@ -3,6 +3,7 @@
 // and operations together, iops-size, and limits changed while it runs.
 import { strict as assert } from 'node:assert';
 import { IoLimits, SharedThrottle, checkLimits, noLimits } from '../../src/blk/throttle';
+import { ThrottleLine } from '../../src/blk/throttle-line';
 
 function limits(set: Partial<Record<string, [number, number?, number?]>>, iopsSize = 0): IoLimits {
   const l = noLimits();
@@ -66,15 +67,21 @@ describe('I/O limits (shared throttle)', () => {
     for (let n = 0; n < 1000; n++) assert.equal(u.admit(false, 4096, 0), 0, 'reads are not limited');
   });
 
-  it('allows a burst of max for max-length seconds, then the average', () => {
+  it('allows a burst at the max rate for about max-length seconds, then the average', () => {
     const t = new SharedThrottle();
     t.set(limits({ 'iops-total': [100, 1000, 2] }), 0);
-    // Offered at once: the bucket holds 2000 operations.
+    // At once: a tenth of a second of the burst rate, not the whole burst.
     let admitted = 0;
     while (t.admit(false, 4096, 0) === 0) admitted++;
-    assert.equal(admitted, 2001);
-    const later = run(t, 20, () => ({ write: false, bytes: 4096 }), 0);
-    assert.ok(Math.abs(later.ops - 2000) <= 2, `then ${later.ops} in 20 s at 100/s`);
+    assert.equal(admitted, 101);
+    const half = run(t, 0.5, () => ({ write: false, bytes: 4096 }), 0);
+    assert.ok(half.ops <= 510, `${half.ops} more in the first half second: the burst runs at 1000/s`);
+    const burst = run(t, 1.5, () => ({ write: false, bytes: 4096 }), half.end);
+    assert.ok(admitted + half.ops + burst.ops > 1900, `${admitted + half.ops + burst.ops} in the first 2 s`);
+    const later = run(t, 20, () => ({ write: false, bytes: 4096 }), burst.end);
+    assert.ok(later.ops >= 2000 && later.ops <= 2400, `${later.ops} in the next 20 s: the rest of the burst, then 100/s`);
+    const steady = run(t, 20, () => ({ write: false, bytes: 4096 }), later.end);
+    assert.ok(Math.abs(steady.ops - 2000) <= 5, `then ${steady.ops} in 20 s at 100/s`);
   });
 
   it('counts a request larger than iops-size as several operations', () => {
@@ -111,5 +118,25 @@ describe('I/O limits (shared throttle)', () => {
     assert.match(checkLimits(limits({ 'bps-read': [0, 50] }))!, /needs bps-read/);
     assert.match(checkLimits(limits({ 'iops-write': [10, 20, 0] }))!, /at least 1/);
     assert.equal(checkLimits(limits({ 'iops-read': [100, 200, 5], 'bps-write': [1 << 20] })), undefined);
+  });
+
+  it('line: newcomers wait behind those already waiting, and releaseAll starts everyone in order, limits or not', () => {
+    const t = new SharedThrottle();
+    t.set(limits({ 'iops-total': [1] }));
+    const restarted: number[] = [];
+    let drains = 0;
+    const line: ThrottleLine = new ThrottleLine(t, 8, (head) => {
+      restarted.push(head);
+      assert.equal(line.mustWait(head, false, 512), false, 'released: no wait');
+    }, () => drains++);
+    // The first goes (the bucket's tenth of a second holds one), the rest wait in arrival order.
+    assert.equal(line.mustWait(0, false, 512), false);
+    for (const head of [5, 3, 7]) assert.equal(line.mustWait(head, false, 512), true);
+    assert.equal(line.count, 3);
+    line.releaseAll();
+    assert.deepEqual(restarted, [5, 3, 7]);
+    assert.equal(line.count, 0);
+    assert.equal(drains, 1);
+    line.close();
   });
 });

@@ -4,7 +4,7 @@
 // of returning a batch, before and after the guest could see it.
 import { strict as assert } from 'node:assert';
 import { RangeAllocator } from '../../src/frontend/allocator';
-import { PackedDriverQueue } from '../../src/frontend/packed-driver-queue';
+import { PackedDriverQueue, VRING_PACKED_DESC_F_AVAIL as AVAIL, VRING_PACKED_DESC_F_USED as USED } from '../../src/frontend/packed-driver-queue';
 import { CHAIN_OK, Chain } from '../../src/virtq/chain';
 import { PackedQueue, packedBase } from '../../src/virtq/packed';
 import { PackedInflight, packedInflightQueueBytes } from '../../src/virtq/packed-inflight';
@@ -153,6 +153,56 @@ describe('packed virtqueue in-flight tracking', () => {
     assert.equal(b.recovery.fixedUp, 1);
     assert.deepEqual([...b.recovery.heads], [ids[1]]);
     serveRest(w, b.q, [ids[1]]);
+  });
+
+  it('rolling back, gives slots flagged by the dead process their available flags back, so nothing completes twice', () => {
+    const w = world();
+    const a = start(w);
+    const ids = [add(w, 1, 1), add(w, 2, 1)];
+    w.d.publish();
+    popAll(a.q);
+    a.q.push(ids[0], 1);
+    a.q.push(ids[1], 1);
+    const region = (a.q as unknown as { inflight: PackedInflight }).inflight;
+    const release = region.release.bind(region);
+    region.release = (...args) => {
+      release(...args);
+      throw new Error('killed');
+    };
+    assert.throws(() => a.q.publish(), /killed/);
+    // Flags go out last to first: the second element's was stored when the process died.
+    const second = w.d.readDescriptor(1);
+    w.d.writeDescriptor(1, { ...second, flags: AVAIL | USED });
+    const b = start(w);
+    assert.deepEqual([...b.recovery.heads], ids);
+    assert.equal(w.d.readDescriptor(1).flags & (AVAIL | USED), AVAIL, 'slot 1 is available again, not used');
+    // The resubmitted requests complete in the other order: the driver must see each once.
+    assert.equal(b.q.pop(), ids[0]);
+    assert.equal(b.q.pop(), ids[1]);
+    b.q.push(ids[1], 1);
+    b.q.publish();
+    assert.deepEqual(w.d.reapAll().map((e) => e.id), [ids[1]]);
+    b.q.push(ids[0], 1);
+    b.q.publish();
+    assert.deepEqual(w.d.reapAll().map((e) => e.id), [ids[0]]);
+    assert.equal(w.d.unknownUsed, 0);
+  });
+
+  it('rolls forward a batch whose first slot the driver already offered again for the next lap', () => {
+    const w = world();
+    const a = start(w);
+    const ids = [add(w, 1, 1), add(w, 2, 1)];
+    w.d.publish();
+    popAll(a.q);
+    a.q.push(ids[0], 1);
+    const region = (a.q as unknown as { inflight: PackedInflight }).inflight;
+    region.commit = () => undefined;
+    a.q.publish();
+    // The driver took the element and wrote the slot for its next lap (wrap 0: AVAIL 0, USED 1).
+    w.d.writeDescriptor(0, { ...w.d.readDescriptor(0), flags: USED });
+    const b = start(w);
+    assert.equal(b.recovery.fixedUp, 1);
+    assert.deepEqual([...b.recovery.heads], [ids[1]], 'the published request is not run again');
   });
 
   it('discards a garbled region (loudly) instead of resubmitting garbage', () => {
