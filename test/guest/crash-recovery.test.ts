@@ -19,7 +19,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { FioJob, VERIFY_GLOBAL, assertDiskHolds, assertFio, fioJobFile, numbered, runFio } from '../support/fio';
-import { assertGuestImage, assertGuestSucceeded, runGuest } from '../support/guest';
+import { RING_VARIANTS, assertGuestImage, assertGuestSucceeded, runGuest, variantDisk, variantTag } from '../support/guest';
 import { logsAtLeast } from '../support/logs';
 import { ServerProcess, startVublk } from '../support/servers';
 import { sleep, waitFor } from '../support/wait';
@@ -66,14 +66,9 @@ describe('crash recovery under a real guest: fio verify while vublk is killed an
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });
 
-  for (const variant of [
-    { name: '1 queue', queues: 1, iothreads: 1, cpus: 1 },
-    { name: '2 queues on 2 iothreads', queues: 2, iothreads: 2, cpus: 2 },
-    // QueueRegionPacked: the region keeps copies of the descriptors taken.
-    { name: '1 queue, packed ring', queues: 1, iothreads: 1, cpus: 1, packed: true },
-  ] as Array<{ name: string; queues: number; iothreads: number; cpus: number; packed?: boolean }>) {
+  for (const variant of RING_VARIANTS) {
     it(`${variant.name}: ${KILLS} SIGKILLs during fio write+verify; no error, data intact`, async function () {
-      const tag = `q${variant.queues}${variant.packed === true ? 'p' : ''}`;
+      const tag = variantTag(variant);
       const JOB_BYTES = FIO_BYTES / variant.queues;
       const image = path.join(tmp, `${tag}.img`);
       const socketPath = path.join(tmp, `${tag}.sock`);
@@ -123,7 +118,7 @@ describe('crash recovery under a real guest: fio verify while vublk is killed an
       };
 
       const result = await runGuest({
-        disks: [{ socketPath, numQueues: variant.queues, chardevExtra: 'reconnect=1', ...(variant.packed === true ? { extra: 'packed=on' } : {}) }],
+        disks: [variantDisk(variant, socketPath, 'reconnect=1')],
         cpus: variant.cpus, memoryMiB: 512, fio: true, timeoutMs: 280_000,
         files: { '/etc/vublk/crash.fio': fioJobFile(global, jobs) },
         log: (line) => {

@@ -19,7 +19,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { QmpClient } from '../../src/qmp/client';
 import { FioJob, VERIFY_GLOBAL, assertDiskHolds, assertFio, fioJobFile, numbered, runFio } from '../support/fio';
-import { GuestOptions, assertGuestImage, guestArgv, parseConsole, runQemu, writeInitrd } from '../support/guest';
+import {
+  GuestOptions, RING_VARIANTS, assertGuestImage, guestArgv, parseConsole, runQemu, variantDisk, variantTag, writeInitrd,
+} from '../support/guest';
 import { logsAtLeast } from '../support/logs';
 import { ServerProcess, startVublk } from '../support/servers';
 import { sleep, waitFor } from '../support/wait';
@@ -92,14 +94,9 @@ describe('live migration of a guest running fio between two vublk exports of one
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });
 
-  for (const variant of [
-    { name: '1 queue', queues: 1, iothreads: 1, cpus: 1 },
-    { name: '2 queues on 2 iothreads', queues: 2, iothreads: 2, cpus: 2 },
-    // The packed ring's state crosses in SET_VRING_BASE: both positions, each with its wrap counter.
-    { name: '1 queue, packed ring', queues: 1, iothreads: 1, cpus: 1, packed: true },
-  ] as Array<{ name: string; queues: number; iothreads: number; cpus: number; packed?: boolean }>) {
+  for (const variant of RING_VARIANTS) {
     it(`${variant.name}: migrate while fio writes and verifies; the guest finishes on the destination, data intact`, async function () {
-      const tag = `q${variant.queues}${variant.packed === true ? 'p' : ''}`;
+      const tag = variantTag(variant);
       const image = path.join(tmp, `${tag}.img`);
       const jobBytes = FIO_BYTES;
       const randomAt = variant.queues * jobBytes + MiB;
@@ -141,7 +138,7 @@ echo "io-errors: $(dmesg | grep -c 'I/O error')"
       const qmpPath = (side: string): string => path.join(tmp, `${tag}-${side}.qmp`);
       const migrationSocket = path.join(tmp, `${tag}-migration.sock`);
       const argv = (server: ServerProcess, side: string, extra: string[]): string[] => guestArgv({
-        ...guest, disks: [{ socketPath: server.socketPath, numQueues: variant.queues, ...(variant.packed === true ? { extra: 'packed=on' } : {}) }],
+        ...guest, disks: [variantDisk(variant, server.socketPath)],
         extraArgs: ['-qmp', `unix:${qmpPath(side)},server=on,wait=off`, ...extra],
       }, initrd);
 

@@ -391,3 +391,24 @@ export function assertGuestSucceeded(result: GuestResult): void {
       (result.stderr ? `\nqemu stderr:\n${tail(result.stderr, 10)}` : ''),
   );
 }
+
+/** A guest shape the data-path guest tests (crash recovery, migration) run each: queues, iothreads, vCPUs, ring layout. */
+export interface RingVariant { name: string; queues: number; iothreads: number; cpus: number; packed?: boolean }
+
+export const RING_VARIANTS: readonly RingVariant[] = [
+  { name: '1 queue', queues: 1, iothreads: 1, cpus: 1 },
+  { name: '2 queues on 2 iothreads', queues: 2, iothreads: 2, cpus: 2 },
+  // Packed rings: their state crosses in SET_VRING_BASE (both positions, each with its wrap
+  // counter) and their in-flight region keeps copies of the descriptors taken.
+  { name: '1 queue, packed ring', queues: 1, iothreads: 1, cpus: 1, packed: true },
+];
+
+/** Short name for files of a variant. */
+export const variantTag = (v: RingVariant): string => `q${v.queues}${v.packed === true ? 'p' : ''}`;
+
+/** The variant's vhost-user-blk disk on `socketPath`. */
+export function variantDisk(v: RingVariant, socketPath: string, chardevExtra?: string): GuestDisk {
+  return {
+    socketPath, numQueues: v.queues, ...(chardevExtra === undefined ? {} : { chardevExtra }), ...(v.packed === true ? { extra: 'packed=on' } : {}),
+  };
+}

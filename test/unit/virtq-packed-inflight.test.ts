@@ -58,6 +58,28 @@ function serveRest(w: World, q: PackedQueue, expect: number[]): void {
   assert.equal(q.base, w.d.base, 'ring positions agree after recovery');
 }
 
+/** A process that took chains of these lengths and returned those at `returned` (not published yet). */
+function tookAndReturned(lengths: number[], returned: number[]): { w: World; a: ReturnType<typeof start>; ids: number[] } {
+  const w = world();
+  const a = start(w);
+  const ids = lengths.map((n, i) => add(w, i + 1, n));
+  w.d.publish();
+  popAll(a.q);
+  for (const i of returned) a.q.push(ids[i], 1);
+  return { w, a, ids };
+}
+
+/** publish() dies after the region took the batch back, before any used flag was written. */
+function dieAfterRelease(q: PackedQueue): void {
+  const region = (q as unknown as { inflight: PackedInflight }).inflight;
+  const release = region.release.bind(region);
+  region.release = (...args) => {
+    release(...args);
+    throw new Error('killed');
+  };
+  assert.throws(() => q.publish(), /killed/);
+}
+
 describe('packed virtqueue in-flight tracking', () => {
   it('sizes queue regions as DPDK does (32-byte header and entries, rounded up to 64)', () => {
     assert.equal(packedInflightQueueBytes(128), 4160);
@@ -114,21 +136,9 @@ describe('packed virtqueue in-flight tracking', () => {
   });
 
   it('rolls back a batch the guest never saw: its requests run again', () => {
-    const w = world();
-    const a = start(w);
-    const ids = [add(w, 1, 1), add(w, 2, 2)];
-    w.d.publish();
-    popAll(a.q);
-    a.q.push(ids[0], 1);
-    a.q.push(ids[1], 1);
+    const { w, a, ids } = tookAndReturned([1, 2], [0, 1]);
     // Die after the region took the batch back, before any used flag was written.
-    const region = (a.q as unknown as { inflight: PackedInflight }).inflight;
-    const release = region.release.bind(region);
-    region.release = (...args) => {
-      release(...args);
-      throw new Error('killed');
-    };
-    assert.throws(() => a.q.publish(), /killed/);
+    dieAfterRelease(a.q);
     assert.equal(w.d.hasUsed(), false);
     const b = start(w);
     assert.equal(b.recovery.fixedUp, 1);
@@ -137,13 +147,7 @@ describe('packed virtqueue in-flight tracking', () => {
   });
 
   it('rolls forward a batch the guest saw: nothing runs twice', () => {
-    const w = world();
-    const a = start(w);
-    const ids = [add(w, 1, 1), add(w, 2, 2), add(w, 3, 1)];
-    w.d.publish();
-    popAll(a.q);
-    a.q.push(ids[2], 1);
-    a.q.push(ids[0], 1);
+    const { w, a, ids } = tookAndReturned([1, 2, 1], [2, 0]);
     // Die after the used flags went out, before the region committed.
     const region = (a.q as unknown as { inflight: PackedInflight }).inflight;
     region.commit = () => undefined;
@@ -156,20 +160,8 @@ describe('packed virtqueue in-flight tracking', () => {
   });
 
   it('rolling back, gives slots flagged by the dead process their available flags back, so nothing completes twice', () => {
-    const w = world();
-    const a = start(w);
-    const ids = [add(w, 1, 1), add(w, 2, 1)];
-    w.d.publish();
-    popAll(a.q);
-    a.q.push(ids[0], 1);
-    a.q.push(ids[1], 1);
-    const region = (a.q as unknown as { inflight: PackedInflight }).inflight;
-    const release = region.release.bind(region);
-    region.release = (...args) => {
-      release(...args);
-      throw new Error('killed');
-    };
-    assert.throws(() => a.q.publish(), /killed/);
+    const { w, a, ids } = tookAndReturned([1, 1], [0, 1]);
+    dieAfterRelease(a.q);
     // Flags go out last to first: the second element's was stored when the process died.
     const second = w.d.readDescriptor(1);
     w.d.writeDescriptor(1, { ...second, flags: AVAIL | USED });
@@ -189,12 +181,7 @@ describe('packed virtqueue in-flight tracking', () => {
   });
 
   it('rolls forward a batch whose first slot the driver already offered again for the next lap', () => {
-    const w = world();
-    const a = start(w);
-    const ids = [add(w, 1, 1), add(w, 2, 1)];
-    w.d.publish();
-    popAll(a.q);
-    a.q.push(ids[0], 1);
+    const { w, a, ids } = tookAndReturned([1, 1], [0]);
     const region = (a.q as unknown as { inflight: PackedInflight }).inflight;
     region.commit = () => undefined;
     a.q.publish();
