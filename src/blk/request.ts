@@ -253,11 +253,6 @@ export class BlkQueue {
     this.throttleLine?.releaseAll();
   }
 
-  /** Requests waiting for the export's I/O limits, and how often one had to. */
-  get throttled(): { waiting: number; waits: number } {
-    return { waiting: this.throttleLine?.count ?? 0, waits: this.throttleLine?.waits ?? 0 };
-  }
-
   /** A request whose turn came in the I/O limits' line: parse it again and start it. */
   private restartThrottled(head: number): void {
     this.phase[head] = PHASE_IDLE;

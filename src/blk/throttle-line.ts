@@ -13,8 +13,6 @@ export class ThrottleLine {
   private first = 0;
   /** Requests waiting. */
   count = 0;
-  /** Times a request had to wait (a request may wait more than once). */
-  waits = 0;
   /** Inside tick(): the request restarted is the first in line, not a newcomer. */
   private draining = false;
   private timer: NodeJS.Timeout | undefined;
@@ -76,7 +74,6 @@ export class ThrottleLine {
   private push(head: number): void {
     this.ring[(this.first + this.count) % this.ring.length] = head;
     this.count++;
-    this.waits++;
   }
 
   private pushFront(head: number): void {

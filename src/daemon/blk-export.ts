@@ -59,10 +59,8 @@ export class BlkExport {
   shuttingDown = false;
   /** Per-queue counters, written by the iothreads (blk/queue-metrics.ts). */
   readonly metrics: SharedArrayBuffer;
-  /** The limiter every queue of the export obeys, on whichever iothread. */
+  /** The limiter every queue of the export obeys, on whichever iothread; it holds the limits in force. */
   private readonly throttle = new SharedThrottle();
-  /** I/O limits now in force. */
-  ioLimits: IoLimits;
 
   /** Listen, then attach the device to its iothreads. */
   static async open(o: BlkExportOptions): Promise<BlkExport> {
@@ -85,8 +83,7 @@ export class BlkExport {
 
   private constructor(readonly o: BlkExportOptions) {
     this.coalescing = o.coalescing ?? COALESCING_OFF;
-    this.ioLimits = o.ioLimits ?? noLimits();
-    this.throttle.set(this.ioLimits);
+    this.throttle.set(o.ioLimits ?? noLimits());
     this.log = rootLog.child({ export: o.id });
     this.device = new BlkDevice({ disk: o.disk, maxQueues: o.numQueues, writeback: o.writeback });
     this.metrics = allocQueueMetrics(o.numQueues);
@@ -165,7 +162,6 @@ export class BlkExport {
 
   /** I/O limits of the export from now on (block_set_io_throttle); requests waiting are measured against them. */
   setIoLimits(limits: IoLimits): void {
-    this.ioLimits = limits;
     this.throttle.set(limits);
     this.log.info('I/O limits', Object.fromEntries(Object.entries(limits).filter(([, v]) => typeof v === 'number' ? v !== 0 : v.avg !== 0)));
   }

@@ -68,8 +68,7 @@ export class PackedDriverQueue extends DriverRingBase implements DriverRing {
   private pendingHeads: Array<{ pos: number; flags: number }> = [];
   /** Ring position (0..2*size, wrap folded in) at the previous kick decision. */
   private notified = 0;
-  /** Descriptors made available since the previous kick decision. */
-  private addedSinceNotify = 0;
+
   constructor(memory: ArrayBuffer, readonly layout: RingLayout, o: DriverQueueOptions) {
     super(layout.size, o);
     const size = layout.size;
@@ -146,27 +145,33 @@ export class PackedDriverQueue extends DriverRingBase implements DriverRing {
       }
     }
     this.pendingHeads.push(head!);
-    this.addedSinceNotify += descs.length;
+  }
+
+  /** A position and wrap counter as one number in 0..2*size (the lap with wrap 1 first). */
+  private linear(idx: number, wrap: number): number {
+    return wrap === 1 ? idx : idx + this.size;
+  }
+
+  /** How far linear position `to` is ahead of `from`, going round the two laps. */
+  private ahead(from: number, to: number): number {
+    const laps = 2 * this.size;
+    return (((to - from) % laps) + laps) % laps;
   }
 
   publish(): boolean {
     for (const h of this.pendingHeads) Atomics.store(this.desc16, 8 * h.pos + 7, h.flags);
     this.pendingHeads = [];
-    const added = this.addedSinceNotify;
-    this.addedSinceNotify = 0;
     const old = this.notified;
-    const now = (old + added) % (2 * this.size);
+    const now = this.linear(this.nextAvail, this.availWrap);
     this.notified = now;
-    if (added === 0) return false;
+    if (now === old) return false;
     // The seq-cst flag stores above keep this read after them.
     const flags = Atomics.load(this.deviceEvent, 1);
     if (flags === RING_EVENT_FLAGS_DISABLE) return false;
     if (flags !== RING_EVENT_FLAGS_DESC || !this.o.eventIdx) return true;
     const offWrap = Atomics.load(this.deviceEvent, 0);
-    const ring = 2 * this.size;
-    const event = ((offWrap >> 15) === 1 ? 0 : this.size) + (offWrap & 0x7fff);
-    // Positions are counted from the start with wrap 1; the driver started at `old`.
-    return (((event - old) % ring) + ring) % ring < added;
+    // Did this publish make the position the device waits on available: is it in [old, now)?
+    return this.ahead(old, this.linear(offWrap & 0x7fff, offWrap >> 15)) < this.ahead(old, now);
   }
 
   hasUsed(): boolean {

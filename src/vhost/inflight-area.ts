@@ -10,7 +10,7 @@ import type { InflightQueueRegion } from '../dataplane/dataplane';
 import { native } from '../native/addon';
 import { MAX_QUEUE_SIZE } from '../virtq/chain';
 import { INFLIGHT_VERSION, QUEUE_REGION_DESC_NUM_OFFSET, QUEUE_REGION_VERSION_OFFSET } from '../virtq/inflight';
-import { inflightBytesFor } from '../virtq/make-queue';
+import { inflightBytesFor, inflightRegionBytes } from '../virtq/make-queue';
 import { SharedMapping, mapSharedRange } from './shared-fd';
 
 /** Why an area cannot be built; the message is meant for the log. */
@@ -50,7 +50,7 @@ export class InflightArea {
   /** GET_INFLIGHT_FD: a zero-filled memfd for `numQueues` regions of `queueSize` descriptors, mapped here. */
   static create(numQueues: number, queueSize: number, maxQueues: number, packed: boolean): InflightArea {
     checkShape(numQueues, queueSize, maxQueues);
-    const size = numQueues * inflightBytesFor(packed, queueSize);
+    const size = inflightRegionBytes(packed, numQueues, queueSize);
     const fd = native.memfdCreate('vublk-inflight');
     try {
       // A new memfd reads as zeros: every queue region starts blank (version 0).
@@ -76,7 +76,7 @@ export class InflightArea {
     let length = 0;
     try {
       checkShape(p.numQueues, p.queueSize, maxQueues);
-      const needed = p.numQueues * inflightBytesFor(packed, p.queueSize);
+      const needed = inflightRegionBytes(packed, p.numQueues, p.queueSize);
       if (p.mmapSize < needed) {
         fail(`mmap_size ${p.mmapSize} is less than the ${needed} bytes ${p.numQueues} queues of ${p.queueSize} need`);
       }

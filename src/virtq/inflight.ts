@@ -44,10 +44,6 @@ export function inflightQueueBytes(queueSize: number): number {
   return Math.ceil((DESC_STATE_BYTES * queueSize + 2) / QUEUE_REGION_ALIGNMENT) * QUEUE_REGION_ALIGNMENT;
 }
 
-/** Bytes of the whole region: the queue regions back to back. */
-export function inflightRegionBytes(numQueues: number, queueSize: number): number {
-  return numQueues * inflightQueueBytes(queueSize);
-}
 
 /** What recovery found at ring start. */
 export interface InflightRecovery {

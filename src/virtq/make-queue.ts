@@ -27,3 +27,8 @@ export function makeQueue(mem: GuestMemory, layout: SplitRingLayout, base: numbe
 export function inflightBytesFor(packed: boolean, queueSize: number): number {
   return packed ? packedInflightQueueBytes(queueSize) : inflightQueueBytes(queueSize);
 }
+
+/** Bytes of the whole in-flight region: the queue regions back to back. */
+export function inflightRegionBytes(packed: boolean, numQueues: number, queueSize: number): number {
+  return numQueues * inflightBytesFor(packed, queueSize);
+}

@@ -73,13 +73,9 @@ export class PackedInflight extends QueueRegionViews {
   }
 
   get version(): number { return this.u16[U16_VERSION]; }
-  get freeHead(): number { return this.u16[U16_FREE_HEAD]; }
-  get oldFreeHead(): number { return this.u16[U16_OLD_FREE_HEAD]; }
   get usedIdx(): number { return this.u16[U16_USED_IDX]; }
-  get oldUsedIdx(): number { return this.u16[U16_OLD_USED_IDX]; }
   isInflight(entry: number): boolean { return this.u8[inflightU8(entry)] !== 0; }
   numOf(entry: number): number { return this.u16[numU16(entry)]; }
-  nextOf(entry: number): number { return this.u16[nextU16(entry)]; }
 
   /**
    * A chain of `n` ring descriptors (copied in `pool` from slot `first` on)

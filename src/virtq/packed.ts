@@ -102,7 +102,6 @@ export class PackedQueue implements Virtqueue {
   /** Used elements written (id, len) but not yet flagged: flags go out at publish(), the first one last. */
   private readonly pendingPos: Uint16Array;
   private readonly pendingFlags: Uint16Array;
-  private readonly pendingIds: Uint16Array;
   /** Head entries in the in-flight region of the pending used elements. */
   private readonly pendingEntries: Uint16Array;
   private pendingCount = 0;
@@ -132,9 +131,8 @@ export class PackedQueue implements Virtqueue {
     this.usedIdx = used & 0x7fff;
     this.usedWrap = used >> 15;
     if (this.lastAvail >= size || this.usedIdx >= size) throw new RangeError(`vring base 0x${base.toString(16)} is beyond a ring of ${size}`);
-    const between = this.linear(this.lastAvail, this.availWrap) - this.linear(this.usedIdx, this.usedWrap);
-    if (((between % (2 * size)) + 2 * size) % (2 * size) > size) throw new RangeError(`vring base 0x${base.toString(16)}: avail more than a ring ahead of used`);
-    this.ownedDescs = ((between % (2 * size)) + 2 * size) % (2 * size);
+    this.ownedDescs = this.ahead(this.linear(this.usedIdx, this.usedWrap), this.linear(this.lastAvail, this.availWrap));
+    if (this.ownedDescs > size) throw new RangeError(`vring base 0x${base.toString(16)}: avail more than a ring ahead of used`);
     this.signalled = this.linear(this.usedIdx, this.usedWrap);
     this.taken = new InFlightSet(size);
     this.chainFirst = new Uint16Array(size);
@@ -143,7 +141,6 @@ export class PackedQueue implements Virtqueue {
     this.pool = new DescPool(size);
     this.pendingPos = new Uint16Array(size);
     this.pendingFlags = new Uint16Array(size);
-    this.pendingIds = new Uint16Array(size);
     this.pendingEntries = new Uint16Array(size);
     this.regionEntry = new Uint16Array(size);
     const why = this.remap();
@@ -153,6 +150,12 @@ export class PackedQueue implements Virtqueue {
   /** A position and wrap counter as one number in 0..2*size: laps alternate between the two halves. */
   private linear(idx: number, wrap: number): number {
     return wrap === 1 ? idx : idx + this.size;
+  }
+
+  /** How far linear position `to` is ahead of `from`, going round the two laps. */
+  private ahead(from: number, to: number): number {
+    const laps = 2 * this.size;
+    return (((to - from) % laps) + laps) % laps;
   }
 
   remap(): string | undefined {
@@ -380,7 +383,6 @@ export class PackedQueue implements Virtqueue {
     this.pendingPos[c] = pos;
     this.pendingFlags[c] = (this.usedWrap === 1 ? VRING_PACKED_DESC_F_AVAIL | VRING_PACKED_DESC_F_USED : 0) |
       (writtenLen > 0 ? VRING_DESC_F_WRITE : 0);
-    this.pendingIds[c] = id;
     this.pendingEntries[c] = this.regionEntry[id];
     const n = this.chainLen[id];
     this.releasedDescs += n;
@@ -423,10 +425,9 @@ export class PackedQueue implements Virtqueue {
     if (flags === RING_EVENT_FLAGS_DISABLE) return false;
     if (flags !== RING_EVENT_FLAGS_DESC || !this.eventIdx) return true;
     const offWrap = Atomics.load(this.driverEvent, 0);
-    const ring = 2 * this.size;
     const event = this.linear(offWrap & 0x7fff, offWrap >> 15);
     // Did the used position pass the driver's event position: is it in [old, now)?
-    return (((event - old) % ring) + ring) % ring < (((now - old) % ring) + ring) % ring;
+    return this.ahead(old, event) < this.ahead(old, now);
   }
 
   suppressKicks(): void {

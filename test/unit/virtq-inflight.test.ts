@@ -4,8 +4,9 @@
 // from the states a crash can leave between any two of those stores.
 import { strict as assert } from 'node:assert';
 import {
-  DESC_STATE_BYTES, INFLIGHT_VERSION, QUEUE_REGION_HEADER_BYTES, SplitInflight, inflightQueueBytes, inflightRegionBytes,
+  DESC_STATE_BYTES, INFLIGHT_VERSION, QUEUE_REGION_HEADER_BYTES, SplitInflight, inflightQueueBytes,
 } from '../../src/virtq/inflight';
+import { inflightRegionBytes } from '../../src/virtq/make-queue';
 import { SplitQueue } from '../../src/virtq/split';
 import { FakeGuest, fakeGuest, makeAvailable, writeDesc } from '../support/fake-memory';
 
@@ -47,7 +48,7 @@ describe('split virtqueue in-flight tracking', () => {
     assert.equal(inflightQueueBytes(128), 2112);
     assert.equal(inflightQueueBytes(1), 64);
     assert.equal(inflightQueueBytes(1024), 16448);
-    assert.equal(inflightRegionBytes(4, 128), 8448);
+    assert.equal(inflightRegionBytes(false, 4, 128), 8448);
     for (let s = 1; s <= 1024; s *= 2) assert.ok(inflightQueueBytes(s) >= QUEUE_REGION_HEADER_BYTES + DESC_STATE_BYTES * s, `size ${s}`);
   });
 
