@@ -212,16 +212,25 @@ napi_value make_undefined(napi_env env) {
 }
 
 
-// Runs fn on the env's loop; see the header comment for the exception policy.
-void invoke_js(napi_env env, napi_async_context ctx, napi_value recv, napi_value fn,
-                      size_t argc, const napi_value *argv) {
-  napi_value result;
-  if (napi_make_callback(env, ctx, recv, fn, argc, argv, &result) == napi_ok) return;
+// A callback into JS threw: see vublk.c's header comment for the exception policy.
+static void raise_pending(napi_env env) {
   // Also reached when the env can no longer run JS (teardown); nothing to report then.
   bool pending = false;
   if (napi_is_exception_pending(env, &pending) != napi_ok || !pending) return;
   napi_value exc;
   if (napi_get_and_clear_last_exception(env, &exc) == napi_ok) napi_fatal_exception(env, exc);
+}
+
+// Runs fn on the env's loop inside a callback scope.
+void invoke_js(napi_env env, napi_async_context ctx, napi_value recv, napi_value fn,
+                      size_t argc, const napi_value *argv) {
+  napi_value result;
+  if (napi_make_callback(env, ctx, recv, fn, argc, argv, &result) != napi_ok) raise_pending(env);
+}
+
+void call_js_plain(napi_env env, napi_value recv, napi_value fn, size_t argc, const napi_value *argv) {
+  napi_value result;
+  if (napi_call_function(env, recv, fn, argc, argv, &result) != napi_ok) raise_pending(env);
 }
 
 

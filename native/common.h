@@ -84,6 +84,13 @@ napi_value make_undefined(napi_env env);
 // obj[name] = v (a Number); false with an exception pending on failure.
 bool set_number_property(napi_env env, napi_value obj, const char *name, double v);
 void invoke_js(napi_env env, napi_async_context ctx, napi_value recv, napi_value fn, size_t argc, const napi_value *argv);
+// The data plane's wakeups (kick watchers, io_uring handovers): a plain call,
+// without napi_make_callback's callback scope and async context, which cost a
+// measurable part of each wakeup. What the callback queues (promise jobs,
+// process.nextTick) runs in the same loop iteration all the same: Node closes a
+// callback scope around its check phase (immediates) in every iteration, and
+// that runs both queues before the loop can block again.
+void call_js_plain(napi_env env, napi_value recv, napi_value fn, size_t argc, const napi_value *argv);
 
 // A range operation run synchronously (fallocate or BLKDISCARD/BLKZEROOUT), on a
 // pool thread; 0 or -errno. Shared by both engines (vublk.c).

@@ -244,7 +244,6 @@ struct uring_engine {
   napi_ref done_ref;  // the Float64Array behind `done`, kept alive
   napi_ref table_ref;  // the Float64Array behind `table`, kept alive
   napi_ref self;  // weak, made strong while requests are in flight
-  napi_async_context async_ctx;
   napi_async_cleanup_hook_handle hook;
   uring ring;
   int event_fd;
@@ -321,7 +320,6 @@ static void engine_release(uring_engine *e) {
     if (e->done_ref) napi_delete_reference(e->env, e->done_ref);
     if (e->table_ref) napi_delete_reference(e->env, e->table_ref);
     if (e->self) napi_delete_reference(e->env, e->self);
-    if (e->async_ctx) napi_async_destroy(e->env, e->async_ctx);
   }
   e->callback = NULL;
   e->done_ref = NULL;
@@ -330,7 +328,6 @@ static void engine_release(uring_engine *e) {
   e->table = NULL;
   e->ndone = 0;
   e->self = NULL;
-  e->async_ctx = NULL;
   e->pinned = false;
   // The ring fd's handle first: uv_close takes the fd out of epoll at once.
   // Then closing the ring fd lets the kernel finish or cancel whatever it
@@ -606,7 +603,7 @@ static int table_take(uring_engine *e, char *err, size_t errlen) {
 }
 
 // A bad record staged inside a handover: there is no JS frame to throw into,
-// so it goes where an exception thrown by the callback goes (invoke_js).
+// so it goes where an exception thrown by the callback goes (call_js_plain).
 static void engine_raise(napi_env env, int code, const char *message) {
   napi_value msg, code_v, err;
   if (napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg) != napi_ok ||
@@ -628,7 +625,7 @@ static void done_handover(uring_engine *e) {
   if (napi_get_reference_value(env, e->callback, &fn) == napi_ok && fn != NULL &&
       napi_get_reference_value(env, e->self, &self) == napi_ok && self != NULL &&
       napi_create_uint32(env, n, &argv[0]) == napi_ok)
-    invoke_js(env, e->async_ctx, self, fn, 1, argv);
+    call_js_plain(env, self, fn, 1, argv);
   // What the callback staged joins what this round queued (delivering: issued
   // when the round ends). Nothing if the callback destroyed the engine.
   char err[128];
@@ -902,6 +899,9 @@ static int ring_open_best(uring *r, unsigned entries, unsigned cq_min, bool expl
   return rc;
 }
 
+static napi_value js_uring_flush_bound(napi_env env, napi_callback_info info);
+static void flush_fn_finalize(napi_env env, void *data, void *hint);
+
 static napi_value js_uring_create(napi_env env, napi_callback_info info) {
   ARGS(7);
   double nslots, max_iov, entries, flags_d = 0;
@@ -925,9 +925,8 @@ static napi_value js_uring_create(napi_env env, napi_callback_info info) {
   }
 
   uv_loop_t *loop;
-  napi_value obj, name;
+  napi_value obj;
   NAPI_OK(env, napi_get_uv_event_loop(env, &loop));
-  NAPI_OK(env, napi_create_string_utf8(env, "vublk:uring", NAPI_AUTO_LENGTH, &name));
   NAPI_OK(env, napi_create_object(env, &obj));
 
   uring_engine *e = calloc(1, sizeof *e);
@@ -1027,8 +1026,22 @@ static napi_value js_uring_create(napi_env env, napi_callback_info info) {
       napi_create_reference(env, argv[3], 1, &e->done_ref) != napi_ok ||
       napi_create_reference(env, argv[4], 1, &e->table_ref) != napi_ok ||
       napi_create_reference(env, obj, 0, &e->self) != napi_ok ||
-      napi_async_init(env, NULL, name, &e->async_ctx) != napi_ok ||
       napi_add_async_cleanup_hook(env, engine_teardown, e, &e->hook) != napi_ok) {
+    engine_release(e);
+    return napi_failure(env);
+  }
+  napi_value flush;
+  if (napi_create_function(env, "flush", NAPI_AUTO_LENGTH, js_uring_flush_bound, e, &flush) != napi_ok) {
+    engine_release(e);
+    return napi_failure(env);
+  }
+  e->owners++;
+  if (napi_add_finalizer(env, flush, e, flush_fn_finalize, NULL, NULL) != napi_ok) {
+    e->owners--;
+    engine_release(e);
+    return napi_failure(env);
+  }
+  if (napi_set_named_property(env, obj, "flush", flush) != napi_ok) {
     engine_release(e);
     return napi_failure(env);
   }
@@ -1120,15 +1133,12 @@ static napi_value js_uring_submit_range(napi_env env, napi_callback_info info) {
 // batch, without a call back into JS from here or a later wakeup. Never inside
 // a handover (the handover collects) and never requests whose submission
 // failed (they complete from the loop, so flush never reports others' errors).
-static napi_value js_uring_flush(napi_env env, napi_callback_info info) {
-  ARGS(2);
-  uring_engine *e;
-  if (!unwrap_engine(env, argv[0], &e)) return NULL;
+static napi_value uring_flush(napi_env env, uring_engine *e, napi_value collect_v) {
   if (e->released) return uring_destroyed(env, "uringEngineFlush");
   bool collect = false;
   napi_valuetype t;
-  NAPI_OK(env, napi_typeof(env, argv[1], &t));
-  if (t == napi_boolean) NAPI_OK(env, napi_get_value_bool(env, argv[1], &collect));
+  NAPI_OK(env, napi_typeof(env, collect_v, &t));
+  if (t == napi_boolean) NAPI_OK(env, napi_get_value_bool(env, collect_v, &collect));
   else if (t != napi_undefined) return throw_type(env, "%s must be a boolean", "collect");
   char err[128];
   int bad = table_take(e, err, sizeof err);
@@ -1146,6 +1156,34 @@ static napi_value js_uring_flush(napi_env env, napi_callback_info info) {
   if (sq_pending(&e->ring) > 0) ring_submit(e, 0, true);
   engine_unpin_if_idle(e);
   return make_int(env, n);
+}
+
+static napi_value js_uring_flush(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  uring_engine *e;
+  if (!unwrap_engine(env, argv[0], &e)) return NULL;
+  return uring_flush(env, e, argv[1]);
+}
+
+// handle.flush(collect): the same as uringEngineFlush(handle, collect) for the
+// engine the function was made for, which it carries as its data. The data path
+// calls it once or twice per wakeup; unwrapping a type-tagged handle (two
+// private-symbol lookups) was half of the call's user-space cost.
+static napi_value js_uring_flush_bound(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  void *data;
+  NAPI_OK(env, napi_get_cb_info(env, info, &argc, argv, NULL, &data));
+  if (argc < 1) NAPI_OK(env, napi_get_undefined(env, &argv[0]));
+  return uring_flush(env, data, argv[0]);
+}
+
+// The bound flush holds an owner count: the struct outlives the function
+// (a call after destroy throws instead of touching freed memory).
+static void flush_fn_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  engine_unref(data);
 }
 
 static napi_value js_uring_in_flight(napi_env env, napi_callback_info info) {

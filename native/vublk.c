@@ -8,10 +8,13 @@
 //    Per-env data hangs off napi_set_instance_data; everything else is owned
 //    by the JS object that handed it out.
 //  * Callbacks into JS run on the loop of the thread that created the watcher
-//    or engine, through napi_make_callback so that process.nextTick and
-//    promise jobs queued by the callback run right after it, as they would for
-//    a core callback. A throwing callback is turned into an uncaught exception
-//    with napi_fatal_exception (there is no JS frame to return the error to),
+//    or engine. watch()'s and the thread-pool engine's go through
+//    napi_make_callback, so that process.nextTick and promise jobs queued by
+//    the callback run right after it, as they would for a core callback. The
+//    data plane's wakeups (watchEventfd, io_uring handovers) are plain calls,
+//    whose queued jobs run at the end of the loop iteration instead
+//    (call_js_plain in common.h). A throwing callback is turned into an
+//    uncaught exception with napi_fatal_exception (there is no JS frame to return the error to),
 //    exactly like core's napi_async_work completion path: 'uncaughtException'
 //    handlers see it, otherwise the process (or worker) dies the normal way.
 //  * Env teardown uses async cleanup hooks: Node keeps spinning the loop until
@@ -534,7 +537,7 @@ typedef struct {
   napi_env env;
   napi_ref callback;
   napi_ref self;  // strong while active
-  napi_async_context async_ctx;
+  napi_async_context async_ctx;  // watch(); watchEventfd calls back plainly
   napi_async_cleanup_hook_handle hook;
   int fd;
   int owners;
@@ -589,8 +592,11 @@ static void watcher_on_poll(uv_poll_t *h, int status, int events) {
   napi_value fn, self, arg;
   if (napi_get_reference_value(env, w->callback, &fn) == napi_ok && fn != NULL &&
       napi_get_reference_value(env, w->self, &self) == napi_ok && self != NULL &&
-      napi_create_int32(env, result, &arg) == napi_ok)
-    invoke_js(env, w->async_ctx, self, fn, 1, &arg);
+      napi_create_int32(env, result, &arg) == napi_ok) {
+    // Kicks and coalescing timers (watchEventfd) are the data plane's wakeups.
+    if (w->reset_eventfd) call_js_plain(env, self, fn, 1, &arg);
+    else invoke_js(env, w->async_ctx, self, fn, 1, &arg);
+  }
   napi_close_handle_scope(env, scope);
 }
 
@@ -687,7 +693,7 @@ static napi_value watch_start(napi_env env, int32_t fd, int32_t events, napi_val
   if (napi_type_tag_object(env, obj, &WATCHER_TAG) != napi_ok ||
       napi_create_reference(env, callback, 1, &w->callback) != napi_ok ||
       napi_create_reference(env, obj, 1, &w->self) != napi_ok ||
-      napi_async_init(env, NULL, name, &w->async_ctx) != napi_ok ||
+      (!reset_eventfd && napi_async_init(env, NULL, name, &w->async_ctx) != napi_ok) ||
       napi_add_async_cleanup_hook(env, watcher_teardown, w, &w->hook) != napi_ok) {
     watcher_stop(w);
     return napi_failure(env);

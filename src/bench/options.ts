@@ -60,7 +60,8 @@ export const USAGE = `usage: bench [options]          (make bench BENCH_ARGS='..
   --image-mib N      image size (default 1024)
   --disk-dir DIR     where the disk image goes (default: /var/tmp, else the repository, whichever is on a disk)
   --out PREFIX       writes PREFIX.md, PREFIX.json, PREFIX-iops-qd.png (default docs/benchmarks)
-  --dry-run          print the plan and its expected duration, run nothing`;
+  --dry-run          print the plan and its expected duration, run nothing
+environment: VUBLK_BENCH_NODE_ARGS='--perf-basic-prof ...' gives vublk's node these options (profiling)`;
 
 function list<T extends string>(flag: string, v: string, allowed: readonly T[]): T[] {
   const items = v.split(',').filter((x) => x !== '');

@@ -38,8 +38,11 @@ function isSocket(p: string): boolean {
 
 /** Start `server` with `args` (see serverArgs) and wait until `socket` accepts connections. */
 export async function startServer(server: ServerDef, args: string[], socket: string): Promise<BenchServer> {
-  // vublk through node directly, so the pid is the server's own.
-  const [bin, argv] = server.role === 'vublk' ? [process.execPath, [VUBLK_BIN, ...args]] : ['qemu-storage-daemon', args];
+  // vublk through node directly, so the pid is the server's own. VUBLK_BENCH_NODE_ARGS adds
+  // node options for profiling, e.g. '--perf-basic-prof --no-turbo-inlining'.
+  const nodeArgs = (process.env.VUBLK_BENCH_NODE_ARGS ?? '').split(' ').filter((a) => a !== '');
+  const [bin, argv] = server.role === 'vublk'
+    ? [process.execPath, [...nodeArgs, VUBLK_BIN, ...args]] : ['qemu-storage-daemon', args];
   const proc: ChildProcess = spawn(bin, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const keep = (d: Buffer): void => { out = (out + d.toString()).slice(-OUTPUT_TAIL); };

@@ -11,7 +11,9 @@ export interface RoundMember {
 
 export class CompletionRound {
   private isOpen = false;
-  private readonly members: RoundMember[] = [];
+  /** members[0, count) joined this round; slots are reused (no array resize per round). */
+  private readonly members: Array<RoundMember | undefined> = [];
+  private count = 0;
 
   get open(): boolean { return this.isOpen; }
 
@@ -22,7 +24,7 @@ export class CompletionRound {
 
   /** Called by a member with something to publish, at most once per round (the member keeps a flag). */
   join(member: RoundMember): void {
-    this.members.push(member);
+    this.members[this.count++] = member;
   }
 
   /** The engine delivered the round's last completion. */
@@ -30,8 +32,14 @@ export class CompletionRound {
     // Closed first: what members complete while publishing is not this round's (and
     // cannot join it), so the list does not change under the walk.
     this.isOpen = false;
+    // Setting an array's length is a runtime call, and end() runs once per delivery round.
     const members = this.members;
-    for (let i = 0; i < members.length; i++) members[i].roundEnded();
-    members.length = 0;
+    const n = this.count;
+    this.count = 0;
+    for (let i = 0; i < n; i++) {
+      const member = members[i]!;
+      members[i] = undefined; // a queue stopped later is not kept alive from here
+      member.roundEnded();
+    }
   }
 }

@@ -37,7 +37,14 @@ export interface Watcher {
 }
 
 export interface IoEngineHandle { readonly __brand: 'IoEngineHandle' }
-export interface UringEngineHandle { readonly __brand: 'UringEngineHandle' }
+export interface UringEngineHandle {
+  readonly __brand: 'UringEngineHandle';
+  /**
+   * uringEngineFlush(this handle, collect), bound to its engine: the data path's form, which
+   * skips checking and unwrapping the handle on every call.
+   */
+  flush(collect?: boolean): number;
+}
 
 /** Counters of an io_uring engine (uringEngineStats), for tests, metrics and benchmarks. */
 export interface UringStats {
@@ -152,7 +159,10 @@ export interface NativeAddon {
   /**
    * watch() for readability of an eventfd that the addon reads (resets) before each callback,
    * saving JS the eventfdRead call per wakeup. events < 0 is -errno of that read (-EINVAL:
-   * fd is not an eventfd).
+   * fd is not an eventfd). Unlike watch(), the callback is a plain call (the data plane's
+   * wakeups, where the callback scope is a measurable cost): promise jobs and nextTicks it
+   * queues run at the end of the loop iteration, before immediates, not before the
+   * iteration's next I/O callback.
    */
   watchEventfd(fd: number, callback: (events: number) => void): Watcher;
 
@@ -217,7 +227,7 @@ export interface NativeAddon {
    * Finished requests are handed over in batches: `completions` (at least 2 * slots elements,
    * never transferred) receives (slot, result) pairs and `onCompletions(count)` says how many
    * pairs to read from its start, once per round instead of once per request. It runs from the
-   * loop only. uringEngineFlush(engine, true) instead returns the requests already complete
+   * loop only, as a plain call like watchEventfd's callbacks. uringEngineFlush(engine, true) instead returns the requests already complete
    * after its enter (reads served from the page cache) in the same pairs, for the caller to
    * deliver. The fd must stay open until the request is issued.
    *

@@ -106,19 +106,19 @@ export class UringEngine implements StorageEngine {
   flush(): void {
     const h = this.handle!;
     if (this.delivering) {
-      native.uringEngineFlush(h, false);
+      h.flush(false);
       return;
     }
     this.delivering = true;
     try {
       for (let round = 0; round < FLUSH_ROUNDS; round++) {
         this.queuedDirect = false;
-        const n = native.uringEngineFlush(h, true);
+        const n = h.flush(true);
         if (n === 0) return;
         this.deliver(n);
         if (this.table[TABLE_COUNT] === 0 && !this.queuedDirect) return;
       }
-      native.uringEngineFlush(h, false); // the rest comes from the loop
+      h.flush(false); // the rest comes from the loop
     } finally {
       this.delivering = false;
     }

@@ -412,6 +412,38 @@ describe('native addon', () => {
       assert.notEqual(order[0], order[2]);
     });
 
+    it('runs promise jobs and nextTicks a watchEventfd callback queues in the same iteration, before immediates', async () => {
+      // watchEventfd calls back without a callback scope (the data plane's wakeups); the
+      // check phase's scope runs the queues before the iteration's immediates.
+      const order: string[] = [];
+      const efd = track(native.eventfd(1));
+      const w = native.watchEventfd(efd, () => {
+        w.stop();
+        order.push('callback');
+        setImmediate(() => order.push('immediate'));
+        process.nextTick(() => order.push('tick'));
+        void Promise.resolve().then(() => order.push('micro'));
+      });
+      await waitFor('the immediate', () => order.includes('immediate'));
+      assert.deepEqual(order, ['callback', 'tick', 'micro', 'immediate']);
+    });
+
+    it('turns an exception thrown by a watchEventfd callback into an uncaught exception', async () => {
+      const efd = track(native.eventfd(1));
+      const mochas = process.listeners('uncaughtException');
+      process.removeAllListeners('uncaughtException');
+      try {
+        const caught = new Promise<Error>((resolve) => process.once('uncaughtException', resolve));
+        const w = native.watchEventfd(efd, () => {
+          w.stop();
+          throw new Error('from the kick');
+        });
+        assert.equal((await caught).message, 'from the kick');
+      } finally {
+        for (const l of mochas) process.on('uncaughtException', l);
+      }
+    });
+
     it('resets an eventfd itself before calling back with watchEventfd', async () => {
       const efd = track(native.eventfd(0));
       const seen: number[] = [];

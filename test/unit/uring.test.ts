@@ -557,6 +557,22 @@ describe('io_uring engine', () => {
     assert.equal(native.uringEngineInFlight(h), 0);
     assert.throws(() => native.uringEngineSubmit(h, 0, IO_READ, fd, 0, Float64Array.of(guest.base, 1), 1), /destroyed/);
     assert.throws(() => native.uringEngineFlush(h), /destroyed/);
+    assert.throws(() => h.flush(), /destroyed/, 'the bound flush too');
+  });
+
+  it('offers flush bound to the handle, the same as uringEngineFlush', () => {
+    const fd = open('/dev/zero', 'r');
+    const [done, table, onCompletions] = perRequest(2, () => assert.fail('returned, not called back'));
+    const h = native.uringEngineCreate(2, 1, 2, done, table, onCompletions);
+    handles.push(h);
+    const flush = h.flush; // carries its engine: no receiver needed
+    assert.ok(stageSubmission(table, 1, IO_READ, fd, 0, Float64Array.of(guest.base, 512), 1));
+    assert.equal(flush(false), 0, 'issued, nothing collected without asking');
+    assert.ok(stageSubmission(table, 0, IO_READ, fd, 0, Float64Array.of(guest.base + 512, 512), 1));
+    assert.equal(flush(true), 2, 'both reads are complete after this enter');
+    assert.deepEqual([[done[0], done[1]], [done[2], done[3]]].sort((a, b) => a[0] - b[0]), [[0, 512], [1, 512]]);
+    assert.throws(() => flush(1 as unknown as boolean), TypeError);
+    assert.equal(native.uringEngineStats(h).enters, 2);
   });
 
   it('completes a batch the kernel refuses with -errno instead of throwing', async () => {
