@@ -75,8 +75,19 @@ const IOPS_TOTAL = 3;
 const READ = 1;
 const WRITE = 2;
 
-/** Milliseconds on a clock all threads share (performance.now() starts anew in each worker). */
-export const sharedNowMs = (): number => performance.timeOrigin + performance.now();
+/**
+ * This thread's offset from performance.now() to the process's monotonic clock (process.hrtime(),
+ * CLOCK_MONOTONIC in every thread). Both count the same clock, so it is taken once per thread.
+ */
+const hrtimeAtLoad = process.hrtime();
+const monotonicOffsetMs = hrtimeAtLoad[0] * 1e3 + hrtimeAtLoad[1] / 1e6 - performance.now();
+
+/**
+ * Milliseconds on a clock all threads share, without allocating. performance.now() starts anew
+ * in each worker, and performance.timeOrigin is the wall clock at that start: timeOrigin + now()
+ * of two threads would differ by any step of the wall clock (NTP) between their starts.
+ */
+export const sharedNowMs = (): number => monotonicOffsetMs + performance.now();
 
 export class SharedThrottle {
   private readonly i32: Int32Array;

@@ -2,7 +2,9 @@
 // it holds over time, its bursts, reads and writes against total limits, bytes
 // and operations together, iops-size, and limits changed while it runs.
 import { strict as assert } from 'node:assert';
-import { IoLimits, SharedThrottle, checkLimits, noLimits } from '../../src/blk/throttle';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { IoLimits, SharedThrottle, checkLimits, noLimits, sharedNowMs } from '../../src/blk/throttle';
 import { ThrottleLine } from '../../src/blk/throttle-line';
 
 function limits(set: Partial<Record<string, [number, number?, number?]>>, iopsSize = 0): IoLimits {
@@ -110,6 +112,31 @@ describe('I/O limits (shared throttle)', () => {
     assert.equal(a.admit(false, 1, 0), 0);
     assert.equal(b.admit(false, 1, 0), 0);
     assert.ok(b.admit(false, 1, 0) > 0, 'the second view saw the first one\'s requests');
+  });
+
+  it('reads the process\'s monotonic clock in every thread, whatever the thread\'s own time origin', async () => {
+    // Each reading pairs sharedNowMs() with process.hrtime() (CLOCK_MONOTONIC, one clock for all
+    // threads); a clock built on performance.timeOrigin would be off by any wall-clock step between
+    // the threads' starts.
+    const reading = (): [number, number] => {
+      const hr = process.hrtime();
+      return [sharedNowMs(), hr[0] * 1e3 + hr[1] / 1e6];
+    };
+    const module = path.resolve(__dirname, '../../src/blk/throttle.js');
+    const worker = new Worker(`
+      const { parentPort } = require('node:worker_threads');
+      const { sharedNowMs } = require(${JSON.stringify(module)});
+      const hr = process.hrtime();
+      parentPort.postMessage([sharedNowMs(), hr[0] * 1e3 + hr[1] / 1e6]);`, { eval: true });
+    const [workerShared, workerMonotonic] = await new Promise<[number, number]>((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    });
+    await worker.terminate();
+    const [mainShared, mainMonotonic] = reading();
+    assert.ok(Math.abs(mainShared - mainMonotonic) < 1, `main thread: ${mainShared} against ${mainMonotonic}`);
+    assert.ok(Math.abs(workerShared - workerMonotonic) < 1, `worker: ${workerShared} against ${workerMonotonic}`);
+    assert.ok(workerShared <= mainShared, 'the worker read it first');
   });
 
   it('refuses what QEMU refuses', () => {
