@@ -14,6 +14,7 @@
 // any long interval the average rate is held exactly.
 
 /** The six buckets, in QEMU's order and names (block_set_io_throttle / throttling.*). */
+import { performance } from 'node:perf_hooks';
 export const BUCKETS = ['bps-total', 'bps-read', 'bps-write', 'iops-total', 'iops-read', 'iops-write'] as const;
 export type BucketName = typeof BUCKETS[number];
 
@@ -79,8 +80,13 @@ const WRITE = 2;
  * This thread's offset from performance.now() to the process's monotonic clock (process.hrtime(),
  * CLOCK_MONOTONIC in every thread). Both count the same clock, so it is taken once per thread.
  */
-const hrtimeAtLoad = process.hrtime();
-const monotonicOffsetMs = hrtimeAtLoad[0] * 1e3 + hrtimeAtLoad[1] / 1e6 - performance.now();
+const monotonicOffsetMs = ((): number => {
+  performance.now(); // the first call can take milliseconds in a fresh worker (it loads perf_hooks' internals)
+  const before = performance.now();
+  const hr = process.hrtime();
+  const after = performance.now();
+  return hr[0] * 1e3 + hr[1] / 1e6 - (before + after) / 2;
+})();
 
 /**
  * Milliseconds on a clock all threads share, without allocating. performance.now() starts anew
