@@ -486,14 +486,7 @@ export class BlkQueue {
         offset + bytes > o.disk.sizeBytes) {
       return this.complete(head, VIRTIO_BLK_S_IOERR, 1);
     }
-    // Once through the limits: a request parsed again after waiting for a bounce slot is not counted twice.
-    if (this.throttleLine !== undefined && this.admitted[head] === 0) {
-      if (this.throttleLine.mustWait(head, op === IO_WRITE, bytes)) {
-        this.phase[head] = PHASE_THROTTLED;
-        return;
-      }
-      this.admitted[head] = 1;
-    }
+    if (!this.admit(head, op === IO_WRITE, bytes)) return;
     this.type[head] = type;
     this.op[head] = op;
     this.dataBytes[head] = bytes;
@@ -501,6 +494,20 @@ export class BlkQueue {
     if (bytes === 0) return this.complete(head, VIRTIO_BLK_S_OK, 1);
     if (!this.iovAligned) return this.startBounce(head);
     o.engine.submit(o.slotBase + head, op, o.disk.fd, offset, this.iov, this.iovCount);
+  }
+
+  /**
+   * Through the I/O limits, once per request: a request parsed again after waiting for a
+   * bounce slot is not counted twice. False if it waits in line now (restartThrottled starts it).
+   */
+  private admit(head: number, write: boolean, bytes: number): boolean {
+    if (this.throttleLine === undefined || this.admitted[head] !== 0) return true;
+    if (this.throttleLine.mustWait(head, write, bytes)) {
+      this.phase[head] = PHASE_THROTTLED;
+      return false;
+    }
+    this.admitted[head] = 1;
+    return true;
   }
 
   // --- cache=none bounce buffers -----------------------------------------------
@@ -653,6 +660,7 @@ export class BlkQueue {
     const file = o.disk.kind === 'file';
     const base = head * DWZ_SEG_MAX;
     let k = 0;
+    let total = 0;
     for (let i = 0; i < count; i++) {
       const p = i * DWZ_SEGMENT_SIZE;
       const lo = v.getUint32(p, true);
@@ -677,8 +685,12 @@ export class BlkQueue {
       this.segOffset[base + k] = offset;
       this.segLength[base + k] = bytes;
       this.segOp[base + k] = op;
+      total += bytes;
       k++;
     }
+    // Write zeroes count against the write limits as a write of their length, discards not at
+    // all: QEMU throttles blk_co_pwrite_zeroes as a write and leaves discards alone.
+    if (type === VIRTIO_BLK_T_WRITE_ZEROES && k > 0 && !this.admit(head, true, total)) return;
     this.type[head] = type;
     this.segCount[head] = k;
     this.segNext[head] = 0;

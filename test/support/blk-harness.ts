@@ -5,6 +5,7 @@ import { strict as assert } from 'node:assert';
 import { BounceArea } from '../../src/blk/bounce';
 import { BlkCacheState, BlkDisk } from '../../src/blk/disk';
 import { BlkQueue } from '../../src/blk/request';
+import { SharedThrottle } from '../../src/blk/throttle';
 import { Logger } from '../../src/util/log';
 import { SplitQueue, VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE } from '../../src/virtq/split';
 import { fakeGuest, makeAvailable, writeDesc } from './fake-memory';
@@ -30,6 +31,8 @@ export interface HarnessExtra {
   metrics?: Float64Array;
   /** The queue's logger, with the context the data plane would give it. */
   log?: Logger;
+  /** The export's I/O limits. */
+  throttle?: SharedThrottle;
 }
 
 export function harness(diskOpts: Partial<BlkDisk> = {}, cache: BlkCacheState = { writeback: true }, extra: HarnessExtra = {}) {
@@ -54,6 +57,7 @@ export function harness(diskOpts: Partial<BlkDisk> = {}, cache: BlkCacheState = 
   blk = new BlkQueue({
     queue, mem: g.mem, disk, cache, engine, slotBase: 0, onCompleted: () => completions++, log: extra.log ?? new Logger(),
     metrics: extra.metrics, allocBounce, bounceSlots: extra.bounceSlots, bounceSlotBytes: extra.bounceSlotBytes,
+    throttle: extra.throttle,
   });
 
   /** Where the status byte of a chain is: the last byte of its last device-writable buffer. */
@@ -62,17 +66,22 @@ export function harness(diskOpts: Partial<BlkDisk> = {}, cache: BlkCacheState = 
     return w.length > 0 ? w[w.length - 1].addr + w[w.length - 1].len - 1 : STATUS;
   };
 
-  /** Submit several chains in one batch (heads must leave room for their descriptors) and wait until all are used. */
-  async function runBatch(reqs: Array<{ head: number; parts: Part[] }>): Promise<Array<{ status: number; usedLen: number }>> {
+  /** Make several chains available (heads must leave room for their descriptors) and hand them to the queue as one batch. */
+  function submitBatch(reqs: Array<{ head: number; parts: Part[] }>): void {
     for (const { head, parts } of reqs) {
       parts.forEach((p, i) => writeDesc(g.view, DESC, head + i, p.addr, p.len, (p.write ? WRITE : 0) | (i < parts.length - 1 ? NEXT : 0), head + i + 1));
     }
     // Status bytes start as 0xff so a test sees whether one was written.
     for (const { parts } of reqs) g.bytes[statusOf(parts)] = 0xff;
     makeAvailable(g.view, AVAIL, SIZE, reqs.map((r) => r.head));
-    const before = queue.usedIdx;
     for (let head = queue.pop(); head >= 0; head = queue.pop()) blk.handle(head);
     blk.endBatch();
+  }
+
+  /** submitBatch, then wait until all are used. */
+  async function runBatch(reqs: Array<{ head: number; parts: Part[] }>): Promise<Array<{ status: number; usedLen: number }>> {
+    const before = queue.usedIdx;
+    submitBatch(reqs);
     const want = (before + reqs.length) & 0xffff;
     for (let i = 0; i < 200 && queue.usedIdx !== want; i++) await new Promise((r) => setImmediate(r));
     assert.equal(queue.usedIdx, want, 'requests were never completed');
@@ -100,7 +109,7 @@ export function harness(diskOpts: Partial<BlkDisk> = {}, cache: BlkCacheState = 
     g.view.setUint32(at + 12, Math.floor(sector / 2 ** 32), true);
     g.bytes[STATUS] = 0xff;
   }
-  return { g, disk, diskBytes, engine, blk, queue, run, runBatch, header, bounce, completions: () => completions };
+  return { g, disk, diskBytes, engine, blk, queue, submitBatch, run, runBatch, header, bounce, completions: () => completions };
 }
 
 export const req = (dataLen: number, dataWritable: boolean): Part[] => [

@@ -10,6 +10,7 @@ import {
 import {
   IO_BLKDISCARD, IO_BLKZEROOUT, IO_FLUSH, IO_PUNCH_HOLE, IO_READ, IO_WRITE, IO_ZERO_RANGE,
 } from '../../src/storage/engine';
+import { SharedThrottle, noLimits } from '../../src/blk/throttle';
 import { LOG_LEVEL_VALUES, setLogSink } from '../../src/util/log';
 import {
   BOUNCE_HOST, DATA, DISK_BYTES, DISK_SECTORS, HDR, Part, SEGS, STATUS, Seg, direct, dwz, harness, req, writeSegs,
@@ -276,6 +277,33 @@ describe('virtio-blk DISCARD and WRITE_ZEROES', () => {
     assert.ok(h.diskBytes.subarray(0, 512).every((b) => b === 0));
     assert.ok(h.diskBytes.subarray(2048, 3072).every((b) => b === 0));
     assert.ok(h.diskBytes.subarray(512, 2048).every((b) => b === 0xaa));
+  });
+
+  it('counts write zeroes against the write limits as a write of their length, and discards not at all (as QEMU)', async () => {
+    const throttle = new SharedThrottle();
+    const limits = noLimits();
+    limits['bps-write'] = { avg: 1 << 20, max: 0, maxLength: 1 }; // a tenth of a second (100 KiB) up front
+    throttle.set(limits);
+    const h = harness({}, { writeback: true }, { throttle });
+    h.diskBytes.fill(0xaa);
+    h.header(VIRTIO_BLK_T_DISCARD, 0);
+    assert.equal((await h.run(dwz(writeSegs(h.g.view, [[0, 1024]])))).status, VIRTIO_BLK_S_OK, '512 KiB discarded at once');
+    // Like QEMU's buckets, the limiter lets a request in while under its burst and then charges
+    // all of it: the first 512 KiB of zeroes go, the second waits (both chains share the segment).
+    h.header(VIRTIO_BLK_T_WRITE_ZEROES, 0);
+    const zeroes = dwz(writeSegs(h.g.view, [[1024, 1024]]));
+    h.submitBatch([{ head: 0, parts: zeroes }, { head: 4, parts: zeroes }]);
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    assert.deepEqual(h.engine.calls.map((c) => c.op), [IO_PUNCH_HOLE, IO_ZERO_RANGE], 'the second write zeroes waits for the limit');
+    assert.equal(h.queue.inFlight, 1);
+    h.blk.releaseWaiting(); // as when the ring stops: whatever waits starts now
+    for (let i = 0; i < 200 && h.queue.inFlight > 0; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(h.queue.inFlight, 0);
+    assert.equal(h.g.bytes[STATUS], VIRTIO_BLK_S_OK);
+    assert.deepEqual(h.engine.calls.map((c) => [c.op, c.offset, c.bytes]),
+      [[IO_PUNCH_HOLE, 0, 1 << 19], [IO_ZERO_RANGE, 1 << 19, 1 << 19], [IO_ZERO_RANGE, 1 << 19, 1 << 19]]);
+    assert.ok(h.diskBytes.every((b) => b === 0));
+    h.blk.close();
   });
 
   it('uses BLKDISCARD and BLKZEROOUT on block devices', async () => {
