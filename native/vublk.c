@@ -14,9 +14,10 @@
 //    data plane's wakeups (watchEventfd, io_uring handovers) are plain calls,
 //    whose queued jobs run at the end of the loop iteration instead
 //    (call_js_plain in common.h). A throwing callback is turned into an
-//    uncaught exception with napi_fatal_exception (there is no JS frame to return the error to),
-//    exactly like core's napi_async_work completion path: 'uncaughtException'
-//    handlers see it, otherwise the process (or worker) dies the normal way.
+//    uncaught exception with napi_fatal_exception (there is no JS frame to
+//    return the error to), exactly like core's napi_async_work completion
+//    path: 'uncaughtException' handlers see it, otherwise the process (or
+//    worker) dies the normal way.
 //  * Env teardown uses async cleanup hooks: Node keeps spinning the loop until
 //    we signal completion, which lets uv handles finish closing and in-flight
 //    thread-pool requests land before the loop is closed (a worker aborts in

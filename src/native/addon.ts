@@ -227,9 +227,9 @@ export interface NativeAddon {
    * Finished requests are handed over in batches: `completions` (at least 2 * slots elements,
    * never transferred) receives (slot, result) pairs and `onCompletions(count)` says how many
    * pairs to read from its start, once per round instead of once per request. It runs from the
-   * loop only, as a plain call like watchEventfd's callbacks. uringEngineFlush(engine, true) instead returns the requests already complete
-   * after its enter (reads served from the page cache) in the same pairs, for the caller to
-   * deliver. The fd must stay open until the request is issued.
+   * loop only, as a plain call like watchEventfd's callbacks. uringEngineFlush(engine, true)
+   * instead returns the requests already complete after its enter (reads served from the page
+   * cache) in the same pairs, for the caller to deliver. The fd must stay open until the request is issued.
    *
    * Completions: the loop watches the ring fd, readable while the CQ holds entries (with
    * DEFER_TASKRUN, an eventfd registered with the ring); each wakeup drains the CQ.
