@@ -5,7 +5,7 @@
 // submission table (a Float64Array we share) or, when it is full, passes one
 // through uringEngineSubmit; either way they are built straight from
 // guest-memory iovecs copied into preallocated per-slot storage, queued in the
-// SQ, and issued in one io_uring_enter per batch (uringEngineFlush, or
+// SQ, and issued in one io_uring_enter per batch (handle.flush(), or
 // automatically when the SQ is full). Requests complete at once inside that
 // enter (page-cache reads) go back as flush's result; the rest come back on
 // the creating thread's loop: a uv_poll_t on the ring fd (readable while the
@@ -723,7 +723,7 @@ static bool ring_needs_getevents(const uring *r) {
 
 // After completions were delivered: issue what the callbacks (or resubmissions)
 // queued, so nothing waits for a flush that may never come; then let go of
-// the loop when idle. SQEs queued outside a delivery wait for uringEngineFlush.
+// the loop when idle. SQEs queued outside a delivery wait for handle.flush().
 static void engine_settle(uring_engine *e) {
   if (e->released) return;
   if (e->tearing_down) {
@@ -1134,7 +1134,7 @@ static napi_value js_uring_submit_range(napi_env env, napi_callback_info info) {
 // a handover (the handover collects) and never requests whose submission
 // failed (they complete from the loop, so flush never reports others' errors).
 static napi_value uring_flush(napi_env env, uring_engine *e, napi_value collect_v) {
-  if (e->released) return uring_destroyed(env, "uringEngineFlush");
+  if (e->released) return uring_destroyed(env, "flush");
   bool collect = false;
   napi_valuetype t;
   NAPI_OK(env, napi_typeof(env, collect_v, &t));
@@ -1143,7 +1143,7 @@ static napi_value uring_flush(napi_env env, uring_engine *e, napi_value collect_
   char err[128];
   int bad = table_take(e, err, sizeof err);
   ring_submit(e, 0, true);  // the records before a bad one go out all the same
-  if (bad == EBUSY) return throw_coded(env, "uringEngineFlush", err, "EBUSY", EBUSY);
+  if (bad == EBUSY) return throw_coded(env, "flush", err, "EBUSY", EBUSY);
   if (bad) return throw_range(env, err);
   if (!collect || e->delivering) return make_int(env, 0);
   if (ring_needs_getevents(&e->ring)) ring_submit(e, IORING_ENTER_GETEVENTS, false);
@@ -1158,17 +1158,10 @@ static napi_value uring_flush(napi_env env, uring_engine *e, napi_value collect_
   return make_int(env, n);
 }
 
-static napi_value js_uring_flush(napi_env env, napi_callback_info info) {
-  ARGS(2);
-  uring_engine *e;
-  if (!unwrap_engine(env, argv[0], &e)) return NULL;
-  return uring_flush(env, e, argv[1]);
-}
-
-// handle.flush(collect): the same as uringEngineFlush(handle, collect) for the
-// engine the function was made for, which it carries as its data. The data path
-// calls it once or twice per wakeup; unwrapping a type-tagged handle (two
-// private-symbol lookups) was half of the call's user-space cost.
+// handle.flush(collect), for the engine the function was made for, which it
+// carries as its data. The data path calls it once or twice per wakeup;
+// unwrapping a type-tagged handle (two private-symbol lookups) was half of the
+// call's user-space cost.
 static napi_value js_uring_flush_bound(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -1239,7 +1232,6 @@ napi_status vublk_register_uring(napi_env env, napi_value exports) {
       FN("uringEngineCreate", js_uring_create),
       FN("uringEngineSubmit", js_uring_submit),
       FN("uringEngineSubmitRange", js_uring_submit_range),
-      FN("uringEngineFlush", js_uring_flush),
       FN("uringEngineInFlight", js_uring_in_flight),
       FN("uringEngineStats", js_uring_stats),
       FN("uringEngineDestroy", js_uring_destroy),

@@ -40,8 +40,14 @@ export interface IoEngineHandle { readonly __brand: 'IoEngineHandle' }
 export interface UringEngineHandle {
   readonly __brand: 'UringEngineHandle';
   /**
-   * uringEngineFlush(this handle, collect), bound to its engine: the data path's form, which
-   * skips checking and unwrapping the handle on every call.
+   * Take the staged submissions and issue everything queued with one io_uring_enter. With
+   * `collect`, requests complete by then are written to `completions` as (slot, result) pairs
+   * and their count returned (0 from inside onCompletions, which collects them itself);
+   * otherwise they arrive through onCompletions and the result is 0. Does not throw for kernel
+   * errors: if the kernel refuses the batch, those requests complete with -errno through
+   * onCompletions. Throws (RangeError, or EBUSY for a busy slot) for a bad staged record;
+   * the records before it were issued, the rest dropped. Bound to its engine (it works
+   * without `this`), so the data path's calls skip checking and unwrapping a handle.
    */
   flush(collect?: boolean): number;
 }
@@ -220,16 +226,16 @@ export interface NativeAddon {
    * Submissions: JS stages them in `submissions`, a table the addon reads whenever it runs
    * (layout: src/storage/uring.ts, stageSubmission; at least 7 elements), or passes one through
    * uringEngineSubmit (the table saves that call's argument checks per request). Both are
-   * queued and issued together by uringEngineFlush() (one io_uring_enter per batch) or
+   * queued and issued together by the handle's flush() (one io_uring_enter per batch) or
    * automatically when the SQ is full. Requests staged or queued from inside onCompletions are
    * also issued when that round of completions ends, so a callback need not flush.
    *
    * Finished requests are handed over in batches: `completions` (at least 2 * slots elements,
    * never transferred) receives (slot, result) pairs and `onCompletions(count)` says how many
    * pairs to read from its start, once per round instead of once per request. It runs from the
-   * loop only, as a plain call like watchEventfd's callbacks. uringEngineFlush(engine, true)
-   * instead returns the requests already complete after its enter (reads served from the page
-   * cache) in the same pairs, for the caller to deliver. The fd must stay open until the request is issued.
+   * loop only, as a plain call like watchEventfd's callbacks. flush(true) instead returns the
+   * requests already complete after its enter (reads served from the page cache) in the same
+   * pairs, for the caller to deliver. The fd must stay open until the request is issued.
    *
    * Completions: the loop watches the ring fd, readable while the CQ holds entries (with
    * DEFER_TASKRUN, an eventfd registered with the ring); each wakeup drains the CQ.
@@ -262,16 +268,6 @@ export interface NativeAddon {
    */
   uringEngineSubmitRange(engine: UringEngineHandle, slot: number, op: number, fd: number, offset: number,
                          length: number): void;
-  /**
-   * Take the staged submissions and issue everything queued with one io_uring_enter. With
-   * `collect`, requests complete by then are written to `completions` as (slot, result) pairs
-   * and their count returned (0 from inside onCompletions, which collects them itself);
-   * otherwise they arrive through onCompletions and the result is 0. Does not throw for kernel
-   * errors: if the kernel refuses the batch, those requests complete with -errno through
-   * onCompletions. Throws (RangeError, or EBUSY for a busy slot) for a bad staged record;
-   * the records before it were issued, the rest dropped.
-   */
-  uringEngineFlush(engine: UringEngineHandle, collect?: boolean): number;
   /** Requests staged, queued, on the ring or on the pool, not yet completed. */
   uringEngineInFlight(engine: UringEngineHandle): number;
   uringEngineStats(engine: UringEngineHandle): UringStats;

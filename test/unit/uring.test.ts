@@ -346,7 +346,7 @@ describe('io_uring engine', () => {
     await sleep(30);
     assert.equal(results.length, 0, 'queued requests do not complete on their own');
 
-    assert.equal(native.uringEngineFlush(h), 0, 'nothing collected without asking');
+    assert.equal(h.flush(), 0, 'nothing collected without asking');
     st = native.uringEngineStats(h);
     assert.equal(st.enters, 1, 'one syscall for the whole batch');
     assert.equal(st.submitted, N);
@@ -354,7 +354,7 @@ describe('io_uring engine', () => {
     // Without `collect`, even reads the page cache served inside the enter come from the loop.
     assert.equal(results.length, 0);
     assert.equal(st.flushDeliveries, 0);
-    native.uringEngineFlush(h);
+    h.flush();
     assert.equal(native.uringEngineStats(h).enters, 1, 'an empty flush makes no syscall');
 
     await waitFor('all completions', () => results.length === N);
@@ -386,7 +386,7 @@ describe('io_uring engine', () => {
     assertCode(() => native.uringEngineDestroy(h), 'EBUSY');
     assert.equal(native.uringEngineStats(h).enters, 0, 'staging makes no call');
 
-    assert.equal(native.uringEngineFlush(h, true), 4);
+    assert.equal(h.flush(true), 4);
     assert.deepEqual([table[TABLE_COUNT], table[TABLE_END]], [0, TABLE_FIRST], 'the table is empty again');
     const pairs = [0, 1, 2, 3].map((i) => [done[2 * i], done[2 * i + 1]]).sort((a, b) => a[0] - b[0]);
     assert.deepEqual(pairs, [[0, 512], [1, 512], [2, 512], [3, 512]]);
@@ -421,7 +421,7 @@ describe('io_uring engine', () => {
       assert.ok(stageSubmission(table, 0, IO_READ, fd, 0, iov, 1));
       stageBad();
       assert.ok(stageSubmission(table, 2, IO_READ, fd, 0, iov, 1), 'a record after the bad one');
-      const n = native.uringEngineFlush(h, true);
+      const n = h.flush(true);
       assert.deepEqual([table[TABLE_COUNT], table[TABLE_END]], [0, TABLE_FIRST], `${what}: the table is emptied`);
       const inline = [...Array(n).keys()].map((k) => [done[2 * k], done[2 * k + 1]]).sort((a, b) => a[0] - b[0]);
       assert.deepEqual(inline, [[0, 512], [2, 512]], `${what}: the good records ran`);
@@ -438,24 +438,24 @@ describe('io_uring engine', () => {
     for (const [what, stageBad, message] of throwing) {
       assert.ok(stageSubmission(table, 0, IO_READ, fd, 0, iov, 1));
       stageBad();
-      assert.throws(() => native.uringEngineFlush(h, true), (err: Error) => err instanceof RangeError && message.test(err.message), what);
+      assert.throws(() => h.flush(true), (err: Error) => err instanceof RangeError && message.test(err.message), what);
       assert.deepEqual([table[TABLE_COUNT], table[TABLE_END]], [0, TABLE_FIRST], `${what}: the table is emptied`);
-      assert.equal(native.uringEngineFlush(h, true), 1, what);
+      assert.equal(h.flush(true), 1, what);
       assert.deepEqual([done[0], done[1]], [0, 512]);
       assert.equal(native.uringEngineInFlight(h), 0, `${what}: nothing left behind`);
     }
     // A header that does not fit the table: nothing is taken.
     assert.ok(stageSubmission(table, 0, IO_READ, fd, 0, iov, 1));
     table[TABLE_END] = table.length + 1;
-    assert.throws(() => native.uringEngineFlush(h, true), /do not fit/);
+    assert.throws(() => h.flush(true), /do not fit/);
     assert.equal(native.uringEngineInFlight(h), 0);
     // A slot staged twice: the second record finds it busy and is skipped; the records around it run.
     assert.ok(stageSubmission(table, 2, IO_READ, fd, 0, iov, 1));
     assert.ok(stageSubmission(table, 2, IO_READ, fd, 0, iov, 1));
     assert.ok(stageSubmission(table, 3, IO_READ, fd, 0, iov, 1));
-    assertCode(() => native.uringEngineFlush(h), 'EBUSY');
-    assert.equal(native.uringEngineFlush(h, true), 2);
-    assert.throws(() => native.uringEngineFlush(h, 1 as unknown as boolean), TypeError);
+    assertCode(() => h.flush(), 'EBUSY');
+    assert.equal(h.flush(true), 2);
+    assert.throws(() => h.flush(1 as unknown as boolean), TypeError);
   });
 
   it('flushes by itself when the SQ is full', () => {
@@ -466,7 +466,7 @@ describe('io_uring engine', () => {
     assert.equal(st.autoFlushes, 2, 'the 5th and 9th submit found 4 queued');
     assert.equal(st.submitted, 8);
     assert.equal(st.queued, 2);
-    native.uringEngineFlush(h);
+    h.flush();
     assert.equal(native.uringEngineStats(h).submitted, 10);
   });
 
@@ -493,7 +493,7 @@ describe('io_uring engine', () => {
       if (next < BLOCKS) issue(slot); // staged, not flushed: the engine takes it when the handover returns
     });
     for (let s = 0; s < SLOTS; s++) issue(s);
-    native.uringEngineFlush(h);
+    h.flush();
     // Page-cache reads complete while being submitted, so there is always more
     // to do; the engine must still let the rest of the loop run in between.
     let ticks = 0;
@@ -523,7 +523,7 @@ describe('io_uring engine', () => {
     fs.writeSync(wfd, data, 0, 100);
     const b = guest.base;
     native.uringEngineSubmit(h, 0, IO_READ, rfd, 0, Float64Array.of(b, 60, b + 1000, 0, b + 2000, 140, b + 3000, 100), 4);
-    native.uringEngineFlush(h);
+    h.flush();
     await waitFor('the short read', () => native.uringEngineStats(h).requeues >= 1);
     await sleep(20);
     assert.equal(results.length, 0, 'no completion while data is missing');
@@ -547,7 +547,7 @@ describe('io_uring engine', () => {
     const h = native.uringEngineCreate(2, 1, 4, ...perRequest(2, (_s, r) => { result = r; }));
     native.uringEngineSubmit(h, 1, IO_READ, fd, 0, Float64Array.of(guest.base, 4096), 1);
     assertCode(() => native.uringEngineDestroy(h), 'EBUSY'); // queued, not issued
-    native.uringEngineFlush(h);
+    h.flush();
     assertCode(() => native.uringEngineDestroy(h), 'EBUSY'); // on the ring
     fs.writeSync(wfd, Buffer.alloc(4096, 7));
     await waitFor('completion', () => result !== undefined);
@@ -556,11 +556,10 @@ describe('io_uring engine', () => {
     native.uringEngineDestroy(h);
     assert.equal(native.uringEngineInFlight(h), 0);
     assert.throws(() => native.uringEngineSubmit(h, 0, IO_READ, fd, 0, Float64Array.of(guest.base, 1), 1), /destroyed/);
-    assert.throws(() => native.uringEngineFlush(h), /destroyed/);
-    assert.throws(() => h.flush(), /destroyed/, 'the bound flush too');
+    assert.throws(() => h.flush(), /destroyed/);
   });
 
-  it('offers flush bound to the handle, the same as uringEngineFlush', () => {
+  it('binds flush to its engine: called without the handle, it still flushes that engine', () => {
     const fd = open('/dev/zero', 'r');
     const [done, table, onCompletions] = perRequest(2, () => assert.fail('returned, not called back'));
     const h = native.uringEngineCreate(2, 1, 2, done, table, onCompletions);
@@ -594,7 +593,7 @@ describe('io_uring engine', () => {
     let filler = -1;
     try {
       for (let i = 0; i < 3; i++) native.uringEngineSubmit(h, i, IO_READ, fd, i * 512, Float64Array.of(guest.base + i * 512, 512), 1);
-      assert.equal(native.uringEngineFlush(h), 0, 'nothing was issued');
+      assert.equal(h.flush(), 0, 'nothing was issued');
       assert.equal(results.size, 0, 'no completion inside flush()');
       assert.equal(native.uringEngineStats(h).queued, 0, 'the failed batch left the SQ');
       await waitFor('the failed requests', () => results.size === 3);
@@ -614,7 +613,7 @@ describe('io_uring engine', () => {
     (() => {
       const h = native.uringEngineCreate(1, 1, 1, ...perRequest(1, (_s, r) => { result = r; }));
       native.uringEngineSubmit(h, 0, IO_READ, fd, 0, Float64Array.of(guest.base, 100), 1);
-      native.uringEngineFlush(h);
+      h.flush();
     })();
     forceGc();
     await waitFor('completion', () => result !== undefined);
@@ -671,7 +670,7 @@ describe('io_uring engine', () => {
       dfd = open(path.join(dir, 'blocks.img'), fs.constants.O_RDONLY | fs.constants.O_DIRECT);
     } catch { dfd = fd; }
     for (let i = 0; i < 64; i++) native.uringEngineSubmit(h, i, IO_READ, i % 2 ? dfd : fd, i * 4096, Float64Array.of(guest.base + i * 4096, 4096), 1);
-    native.uringEngineFlush(h);
+    h.flush();
     await waitFor('64 completions', () => completed === 64);
   });
 });
@@ -706,14 +705,14 @@ describe('io_uring engine in worker threads', function () {
         if (slot === 0) {
           // Read back what was read, written elsewhere in the file.
           native.uringEngineSubmit(h, 1, 1, fd, 8192, Float64Array.of(base + 100, 4096, base + 5000, 4096), 2);
-          native.uringEngineFlush(h);
+          h.flush();
         } else {
           native.uringEngineDestroy(h);
           parentPort.postMessage({ seen, tid, head: Buffer.from(mem.subarray(100, 110)).toString('hex') });
         }
       }
       native.uringEngineSubmit(h, 0, 0, fd, 0, Float64Array.of(base + 100, 4096, base + 5000, 4096), 2);
-      native.uringEngineFlush(h);`, { addon: ADDON_JS, file });
+      h.flush();`, { addon: ADDON_JS, file });
     // Listen for the exit now: a worker's last message and its exit can arrive in one go.
     const exited = new Promise((resolve) => worker.once('exit', resolve));
     const msg = await new Promise<{ seen: Array<[number, number, boolean]>; tid: number; head: string }>((resolve, reject) => {
@@ -747,7 +746,7 @@ describe('io_uring engine in worker threads', function () {
         const src = fs.openSync(workerData.file, 'r');
         const h = native.uringEngineCreate(4, 1, 4, new Float64Array(8), new Float64Array(16), () => { throw new Error('must not run at teardown'); });
         native.uringEngineSubmit(h, 0, 0, src, 0, Float64Array.of(base, SIZE), 1);
-        native.uringEngineFlush(h);
+        h.flush();
         native.uringEngineSubmit(h, 1, 0, src, 0, Float64Array.of(base, SIZE), 1);
         native.uringEngineSubmitRange(h, 2, 5, src, 0, 512); // BLKDISCARD on the pool: ENOTTY
         process.exit(3);`, { addon: ADDON_JS, file });
@@ -778,7 +777,7 @@ describe('io_uring engine in worker threads', function () {
         const rfd = fs.openSync(workerData.fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
         const h = native.uringEngineCreate(2, 1, 2, new Float64Array(4), new Float64Array(16), () => { throw new Error('must not run at teardown'); });
         native.uringEngineSubmit(h, 0, 0, rfd, 0, Float64Array.of(base, 100), 1);
-        native.uringEngineFlush(h);
+        h.flush();
         native.uringEngineSubmit(h, 1, 0, rfd, 0, Float64Array.of(base, 100), 1); // never issued: dropped
         parentPort.postMessage('submitted');
         process.exit(3);`, { addon: ADDON_JS, fifo });
@@ -816,7 +815,7 @@ describe('io_uring engine in worker threads', function () {
         native.uringEngineSubmit(h, done[0], 0, fd, 0, iov, 1);
       });
       native.uringEngineSubmit(h, 0, 0, fd, 0, iov, 1);
-      native.uringEngineFlush(h);`, { addon: ADDON_JS, file });
+      h.flush();`, { addon: ADDON_JS, file });
     await new Promise((resolve, reject) => { worker.once('message', resolve); worker.once('error', reject); });
     assert.equal(await worker.terminate(), 1);
   });
@@ -831,7 +830,7 @@ describe('io_uring engine in worker threads', function () {
       const base = native.mmap(mfd, 4096, 0, true);
       const h = native.uringEngineCreate(1, 1, 1, new Float64Array(2), new Float64Array(16), () => { throw new Error('boom from onComplete'); });
       native.uringEngineSubmit(h, 0, 0, fs.openSync('/dev/zero', 'r'), 0, Float64Array.of(base, 10), 1);
-      native.uringEngineFlush(h);`, { addon: ADDON_JS });
+      h.flush();`, { addon: ADDON_JS });
     const exited = new Promise((resolve) => worker.once('exit', resolve));
     const err = await new Promise<Error>((resolve) => worker.once('error', resolve));
     assert.equal(err.message, 'boom from onComplete');
